@@ -1,0 +1,30 @@
+# steering: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Passive OpenMP waiting keeps 2-thread torch fast on a shared CPU.
+export OMP_WAIT_POLICY ?= PASSIVE
+export GRADIO_ANALYTICS_ENABLED ?= False
+
+.PHONY: install test lint clean
+
+# Set up the virtualenv once; reruns only when pyproject.toml changes.
+# torch is pinned in the same pip command so a CPU machine takes the local CPU wheel.
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0 -e '.[dev]'
+	touch $@
+
+# Run the test suite.
+test: install
+	$(BIN)/python -m pytest -q
+
+# Style and type checks.
+lint: install
+	$(BIN)/ruff check steering ui tests
+	$(BIN)/ruff format --check steering ui tests
+	$(BIN)/mypy steering
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -1,0 +1,148 @@
+"""Load a Hugging Face causal LM and find its decoder layers."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelLoadError
+
+# Where each architecture keeps its decoder layers, most common first. "{i}" is the layer index.
+LAYER_TEMPLATES = (
+    "model.layers.{i}",  # Llama, Mistral, Gemma 2, Gemma 3 text-only, Qwen 2/3, Phi-3
+    "model.language_model.layers.{i}",  # Gemma 3 multimodal (transformers >= 4.52)
+    "language_model.model.layers.{i}",  # Gemma 3 multimodal (older nesting)
+    "model.text_model.layers.{i}",
+    "transformer.h.{i}",  # GPT-2, GPT-J
+    "gpt_neox.layers.{i}",  # GPT-NeoX, Pythia
+    "model.decoder.layers.{i}",  # OPT
+)
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclass(eq=False)
+class SteerableModel:
+    """A causal LM, its tokenizer, and its decoder layers in order."""
+
+    model: nn.Module
+    tokenizer: Any
+    layers: list[nn.Module]
+    layer_template: str
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return hidden_size(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    device_map: str | dict | None = None,
+    layers: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> SteerableModel:
+    """Load a causal LM and its tokenizer from a local folder or a Hub id.
+
+    ``device_map="auto"`` spreads a model too large for one device (accelerate). ``layers`` is a
+    module path template such as ``"model.layers.{i}"`` for architectures not found automatically.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_tok_kwargs(kwargs))
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(_explain_load_failure(name_or_path, e)) from e
+    if device is not None and device_map is None:
+        model.to(device)
+    model.eval()
+    found, template = find_layers(model, layers)
+    return SteerableModel(model, tokenizer, found, template)
+
+
+def find_layers(model: nn.Module, template: str | None = None) -> tuple[list[nn.Module], str]:
+    """The decoder layers of ``model``, found by a known template or the one given."""
+    templates = (template,) if template else LAYER_TEMPLATES
+    for t in templates:
+        if "{i}" not in t:
+            raise ModelLoadError(f"layer template {t!r} must contain '{{i}}', e.g. 'model.layers.{{i}}'")
+        container = _get_module(model, t.split(".{i}")[0])
+        if isinstance(container, (nn.ModuleList, nn.Sequential)) and len(container) > 0:
+            return list(container), t
+    if template:
+        raise ModelLoadError(f"no decoder layers at {template!r} in {type(model).__name__}")
+    raise ModelLoadError(
+        f"could not find the decoder layers of {type(model).__name__}; tried "
+        f"{', '.join(LAYER_TEMPLATES)}. Pass the module path template with "
+        "load_model(..., layers='path.to.layers.{i}') or --layers"
+    )
+
+
+def hidden_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "text_config", None) or config
+    for attr in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(text_config, attr, None)
+        if isinstance(value, int):
+            return value
+    return model.get_input_embeddings().weight.shape[1]  # type: ignore[operator,union-attr]
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = dtype.removeprefix("torch.")
+    if key not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def _get_module(root: nn.Module, path: str) -> nn.Module | None:
+    return functools.reduce(lambda m, name: getattr(m, name, None) if m else None, path.split("."), root)
+
+
+def _tok_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("trust_remote_code", "revision")}
+
+
+def _explain_load_failure(name: str, error: Exception) -> str:
+    if Path(name).exists():
+        return f"could not load the model in {name!r}: {error}"
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return f"model {name!r} is not a local folder, and not a Hub id of the form 'owner/name'"
+    return (
+        f"could not load {name!r}: it is not a local folder, and the Hugging Face Hub did not "
+        "provide it (offline, no access, or no such repository). On a machine with internet run "
+        f"`huggingface-cli download {name}` (the files land in the Hub cache, which also works "
+        f"offline), or pass the path of a downloaded folder. Details: {error}"
+    )

@@ -1,0 +1,1 @@
+"""The Gradio demo page: steered and baseline replies side by side (built on ``steering``)."""

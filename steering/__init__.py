@@ -8,11 +8,14 @@ Load a model and an SAE, build a plan, and steer inside a ``with`` block::
         ...
 """
 
+__version__ = "0.1.0"
+
 from .errors import ModelLoadError, PlanError, SAELoadError, SteeringError
-from .hooks import Steering, count_hooks, steer
+from .hooks import Steering, attached, count_hooks, prepare, steer
 from .models import SteerableModel, find_layers, load_model
 from .plan import FeatureEdit, SteeringPlan, clamp
 from .sae import SAE, HookPoint
+
 # from .sae_formats import load_sae  (restored when the loaders land)
 
 __all__ = [
@@ -24,6 +27,8 @@ __all__ = [
     "SAELoadError",
     "SteerableModel",
     "Steering",
+    "attached",
+    "prepare",
     "SteeringError",
     "SteeringPlan",
     "clamp",

@@ -25,7 +25,12 @@ Plans = SteeringPlan | Sequence[SteeringPlan | None]
 
 
 class Steering:
-    """The live steering of one ``steer`` block: its hooks and the current token positions.
+    """Prepared steering for one batch layout: per-layer tensors, hooks while attached, and the
+    token positions of the current forward pass.
+
+    ``prepare`` builds it (validation and the small per-feature tensors, once); ``attached``
+    registers its hooks for a block and removes them after, so a decode loop can attach it
+    around each forward pass at the cost of a few dict inserts.
 
     Edits scoped to prompt or generated tokens, or skipping special tokens, need to know which
     positions of each forward pass are which. By default the first forward pass inside the block
@@ -33,7 +38,16 @@ class Steering:
     ``input_ids``; a decode loop that knows better calls ``set_positions`` before each pass.
     """
 
-    def __init__(self, special_token_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        layers: list[nn.Module],
+        embed: nn.Module | None,
+        groups: dict[HookPoint, _LayerSteer],
+        special_token_ids: Sequence[int] = (),
+    ) -> None:
+        self.layers = layers
+        self.embed = embed
+        self.groups = groups
         self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.special_token_ids = torch.tensor(sorted(set(special_token_ids)), dtype=torch.long)
         self.generated: Tensor | None = None  # (B, T) bool
@@ -79,14 +93,13 @@ class Steering:
         return self.generated.to(device), self.special.to(device)
 
 
-@contextmanager
-def steer(
+def prepare(
     model: SteerableModel | nn.Module,
     plans: Plans,
     *,
     special_token_ids: Sequence[int] | None = None,
-) -> Iterator[Steering]:
-    """Steer ``model`` inside the block.
+) -> Steering:
+    """Check ``plans`` against ``model`` and build the per-layer tensors; registers nothing.
 
     ``plans`` is one plan for every row of each batch, or a sequence with one plan (or None,
     for an unsteered row) per batch row.
@@ -97,29 +110,53 @@ def steer(
     d_model = hidden_size(model.model if isinstance(model, SteerableModel) else model)
     if special_token_ids is None:
         special_token_ids = getattr(tokenizer, "all_special_ids", None) or ()
-    steering = Steering(special_token_ids)
     groups = _group_by_hook(rows, num_layers=len(layers), d_model=d_model)
+    steering = Steering(layers, embed, groups, special_token_ids)
+    for hook_point, layer_steer in groups.items():
+        layer_steer.prepare(steering, _module_device(layers[hook_point.layer]), per_row=per_row)
+    return steering
+
+
+@contextmanager
+def attached(steering: Steering) -> Iterator[Steering]:
+    """Register the hooks of ``steering`` for the block; every one is removed when it ends."""
     try:
-        needs_positions = False
-        for hook_point, layer_steer in groups.items():
-            layer = layers[hook_point.layer]
-            layer_steer.prepare(steering, _module_device(layer), per_row=per_row)
-            needs_positions |= layer_steer.needs_positions
+        for hook_point, layer_steer in steering.groups.items():
+            layer = steering.layers[hook_point.layer]
             if hook_point.site == "resid_post":
                 steering.handles.append(layer.register_forward_hook(layer_steer.post_hook))
             else:
                 steering.handles.append(
                     layer.register_forward_pre_hook(layer_steer.pre_hook, with_kwargs=True)
                 )
-        if needs_positions and embed is not None:
+        needs_positions = any(g.needs_positions for g in steering.groups.values())
+        if needs_positions and steering.embed is not None:
             steering.handles.append(
-                embed.register_forward_pre_hook(steering._track_input_ids, with_kwargs=True)
+                steering.embed.register_forward_pre_hook(
+                    steering._track_input_ids, with_kwargs=True
+                )
             )
         yield steering
     finally:
         for handle in steering.handles:
             handle.remove()
         steering.handles.clear()
+
+
+@contextmanager
+def steer(
+    model: SteerableModel | nn.Module,
+    plans: Plans,
+    *,
+    special_token_ids: Sequence[int] | None = None,
+) -> Iterator[Steering]:
+    """Steer ``model`` inside the block (see ``prepare`` for ``plans``)::
+
+    with steer(model, clamp(sae, 1234, 10, unit="max_act")):
+        model.generate(...)
+    """
+    with attached(prepare(model, plans, special_token_ids=special_token_ids)) as steering:
+        yield steering
 
 
 class _LayerSteer:
@@ -156,7 +193,9 @@ class _LayerSteer:
         """h: (B, T, d) -> h + the steering delta of every row (exactly + 0 for unsteered rows)."""
         batch, seq, _ = h.shape
         if self.per_row and batch != self.n_rows:
-            raise PlanError(f"{self.n_rows} per-row plans were given, but the batch has {batch} rows")
+            raise PlanError(
+                f"{self.n_rows} per-row plans were given, but the batch has {batch} rows"
+            )
         x = h if h.dtype == torch.float32 else h.float()
         delta: Tensor | None = None
         for p in self.parts:
@@ -192,13 +231,17 @@ class _Prepared:
     skip_special: Tensor  # bool
 
     @classmethod
-    def build(cls, edits: list[tuple[int, FeatureEdit]], n_rows: int, device: torch.device) -> _Prepared:
+    def build(
+        cls, edits: list[tuple[int, FeatureEdit]], n_rows: int, device: torch.device
+    ) -> _Prepared:
         sae = edits[0][1].sae
         features = list(dict.fromkeys(e.feature for _, e in edits))
         shape = (n_rows, 1, len(features))
         is_clamp = torch.zeros(shape, dtype=torch.bool)
         target, add = torch.zeros(shape), torch.zeros(shape)
-        allow_prompt, allow_generated, skip_special = (torch.zeros(shape, dtype=torch.bool) for _ in range(3))
+        allow_prompt, allow_generated, skip_special = (
+            torch.zeros(shape, dtype=torch.bool) for _ in range(3)
+        )
         for row, e in edits:
             k = (row, 0, features.index(e.feature))
             if e.mode == "add":
@@ -282,7 +325,9 @@ def _check_fits(sae: SAE, *, num_layers: int, d_model: int) -> None:
         )
 
 
-def _model_parts(model: SteerableModel | nn.Module) -> tuple[list[nn.Module], nn.Module | None, Any]:
+def _model_parts(
+    model: SteerableModel | nn.Module,
+) -> tuple[list[nn.Module], nn.Module | None, Any]:
     if isinstance(model, SteerableModel):
         return model.layers, _input_embeddings(model.model), model.tokenizer
     return find_layers(model)[0], _input_embeddings(model), None

@@ -95,7 +95,9 @@ def find_layers(model: nn.Module, template: str | None = None) -> tuple[list[nn.
     templates = (template,) if template else LAYER_TEMPLATES
     for t in templates:
         if "{i}" not in t:
-            raise ModelLoadError(f"layer template {t!r} must contain '{{i}}', e.g. 'model.layers.{{i}}'")
+            raise ModelLoadError(
+                f"layer template {t!r} must contain '{{i}}', e.g. 'model.layers.{{i}}'"
+            )
         container = _get_module(model, t.split(".{i}")[0])
         if isinstance(container, (nn.ModuleList, nn.Sequential)) and len(container) > 0:
             return list(container), t
@@ -128,7 +130,9 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def _get_module(root: nn.Module, path: str) -> nn.Module | None:
-    return functools.reduce(lambda m, name: getattr(m, name, None) if m else None, path.split("."), root)
+    return functools.reduce(
+        lambda m, name: getattr(m, name, None) if m else None, path.split("."), root
+    )
 
 
 def _tok_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

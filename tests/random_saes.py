@@ -7,9 +7,18 @@ import torch
 from steering.sae import SAE, HookPoint
 
 
-def random_sae(d_in: int, d_sae: int, layer: int, *, seed: int = 0, site: str = "resid_post",
-               activation: str = "relu", biorthogonal: bool = False, always_on: tuple = (),
-               **kwargs) -> SAE:
+def random_sae(
+    d_in: int,
+    d_sae: int,
+    layer: int,
+    *,
+    seed: int = 0,
+    site: str = "resid_post",
+    activation: str = "relu",
+    biorthogonal: bool = False,
+    always_on: tuple = (),
+    **kwargs,
+) -> SAE:
     """A random SAE. ``biorthogonal`` (needs d_sae <= d_in) makes W_enc the pseudo-inverse of
     W_dec, so W_dec[i] @ W_enc[:, j] = delta_ij: adding a decoder row moves exactly one
     pre-activation. ``always_on`` features get a large encoder bias, so they fire everywhere."""
@@ -25,7 +34,14 @@ def random_sae(d_in: int, d_sae: int, layer: int, *, seed: int = 0, site: str = 
     if activation == "topk":
         extra["k"] = max(1, d_sae // 4)
     extra["max_activation"] = torch.rand(d_sae, generator=g) * 5 + 1
-    return SAE(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec,
-               b_dec=torch.randn(d_in, generator=g) * 0.1, hook=HookPoint(layer, site),
-               activation=activation, format="test", source=f"random-{seed}",
-               **{**extra, **kwargs})
+    return SAE(
+        W_enc=W_enc,
+        b_enc=b_enc,
+        W_dec=W_dec,
+        b_dec=torch.randn(d_in, generator=g) * 0.1,
+        hook=HookPoint(layer, site),
+        activation=activation,
+        format="test",
+        source=f"random-{seed}",
+        **{**extra, **kwargs},
+    )

@@ -98,8 +98,9 @@ def test_clamp_reencodes_to_target_with_kv_cache(arch, activation):
     error term unchanged: at prompt positions and at positions generated with a KV cache."""
     layer, feature, target = 1, 7, 6.5
     model = tiny_model(arch)
-    sae = random_sae(HIDDEN, 32, layer, biorthogonal=True, always_on=(feature,),
-                     activation=activation)
+    sae = random_sae(
+        HIDDEN, 32, layer, biorthogonal=True, always_on=(feature,), activation=activation
+    )
     seen, handle_before = [], None
     ids = PROMPT
     raw: list[torch.Tensor] = []
@@ -123,7 +124,9 @@ def test_clamp_reencodes_to_target_with_kv_cache(arch, activation):
     assert [s.shape[1] for s in seen] == [PROMPT.shape[1], 1, 1, 1]
     for x, x_steered in zip(raw, seen):
         f, f_steered = sae.encode(x), sae.encode(x_steered)
-        torch.testing.assert_close(f_steered[..., feature], torch.full_like(f[..., feature], target))
+        torch.testing.assert_close(
+            f_steered[..., feature], torch.full_like(f[..., feature], target)
+        )
         others = torch.arange(sae.d_sae) != feature
         torch.testing.assert_close(f_steered[..., others], f[..., others], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(sae.error(x_steered), sae.error(x), atol=1e-4, rtol=1e-4)
@@ -170,8 +173,9 @@ def test_rows_with_different_plans_and_layers():
         batched = logits(model, ids)
     for row, plan in enumerate(plans):
         with steer(model, plan or SteeringPlan.off()):
-            torch.testing.assert_close(batched[row], logits(model, ids[row : row + 1])[0],
-                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                batched[row], logits(model, ids[row : row + 1])[0], atol=1e-5, rtol=0
+            )
 
 
 def test_resid_pre_of_next_layer_equals_resid_post():
@@ -194,8 +198,9 @@ def test_add_moves_the_residual_by_value_times_decoder_row():
         steered, h2 = capture_layer(model, 0)
         logits(model)
     h1.remove(), h2.remove()
-    torch.testing.assert_close(steered[0] - raw[0], (2.5 * sae.W_dec[12]).expand_as(raw[0]),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        steered[0] - raw[0], (2.5 * sae.W_dec[12]).expand_as(raw[0]), atol=1e-5, rtol=0
+    )
 
 
 def test_ablate_sets_an_active_feature_to_zero():
@@ -205,8 +210,9 @@ def test_ablate_sets_an_active_feature_to_zero():
         steered, h = capture_layer(model, 1)
         logits(model)
     h.remove()
-    torch.testing.assert_close(sae.encode(steered[0])[..., 4], torch.zeros(PROMPT.shape),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        sae.encode(steered[0])[..., 4], torch.zeros(PROMPT.shape), atol=1e-4, rtol=0
+    )
 
 
 def test_max_activation_units():
@@ -214,7 +220,8 @@ def test_max_activation_units():
     edit = FeatureEdit(sae, 5, "clamp", 10.0, unit="max_act")
     assert edit.raw_value == pytest.approx(10.0 * float(sae.max_activation[5]))
     assert clamp(sae, 5, 10.0, unit="max_act").scaled(2).edits[0].raw_value == pytest.approx(
-        20.0 * float(sae.max_activation[5]))
+        20.0 * float(sae.max_activation[5])
+    )
 
 
 @pytest.mark.parametrize("normalization", ["layer_norm", "constant_norm_rescale"])
@@ -222,8 +229,14 @@ def test_normalising_sae_clamp_is_the_golden_gate_definition(normalization):
     """SAEs that normalise each token: the clamp equals decode(f with f_i := t, x) + error(x),
     with the reconstruction scaled back by the token's own statistics."""
     model = tiny_model("gemma2")
-    sae = random_sae(HIDDEN, 32, layer=2, activation="jumprelu", normalization=normalization,
-                     apply_b_dec_to_input=True)
+    sae = random_sae(
+        HIDDEN,
+        32,
+        layer=2,
+        activation="jumprelu",
+        normalization=normalization,
+        apply_b_dec_to_input=True,
+    )
     raw, h1 = capture_layer(model, 2)
     with steer(model, clamp(sae, 1, 4.0)):
         steered, h2 = capture_layer(model, 2)
@@ -239,8 +252,9 @@ def positions_run(scope: str, skip_special: bool = False):
     """Which positions a scoped add touches, over a prefill and two cached steps."""
     model = tiny_model("llama")
     sae = random_sae(HIDDEN, 32, layer=1)
-    plan = SteeringPlan((FeatureEdit(sae, 2, "add", 3.0, positions=scope,
-                                     skip_special_tokens=skip_special),))
+    plan = SteeringPlan(
+        (FeatureEdit(sae, 2, "add", 3.0, positions=scope, skip_special_tokens=skip_special),)
+    )
     raw, h1 = capture_layer(model, 1)
     with torch.no_grad(), steer(model, plan, special_token_ids=[1, 2]):
         steered, h2 = capture_layer(model, 1)
@@ -284,8 +298,9 @@ def test_feature_index_out_of_range():
 def test_sae_width_must_match_hidden_size():
     model = tiny_model("gpt2")
     sae = random_sae(HIDDEN * 2, 32, layer=1)
-    with pytest.raises(PlanError, match=rf"d_in={HIDDEN * 2}.*hidden size is {HIDDEN}"), steer(
-        model, clamp(sae, 1, 1.0)
+    with (
+        pytest.raises(PlanError, match=rf"d_in={HIDDEN * 2}.*hidden size is {HIDDEN}"),
+        steer(model, clamp(sae, 1, 1.0)),
     ):
         pass
     assert count_hooks(model) == 0
@@ -294,8 +309,9 @@ def test_sae_width_must_match_hidden_size():
 def test_layer_out_of_range():
     model = tiny_model("gemma2")
     sae = random_sae(HIDDEN, 32, layer=LAYERS)
-    with pytest.raises(PlanError, match=rf"layer {LAYERS}.*valid: 0\.\.{LAYERS - 1}"), steer(
-        model, clamp(sae, 1, 1.0)
+    with (
+        pytest.raises(PlanError, match=rf"layer {LAYERS}.*valid: 0\.\.{LAYERS - 1}"),
+        steer(model, clamp(sae, 1, 1.0)),
     ):
         pass
 
@@ -320,8 +336,9 @@ def test_unknown_mode_and_double_clamp():
     with pytest.raises(PlanError, match="mode 'pin' is not one of clamp, add, ablate"):
         FeatureEdit(sae, 1, "pin", 1.0)
     model = tiny_model("llama")
-    with pytest.raises(PlanError, match="clamped twice"), steer(
-        model, clamp(sae, 1, 1.0) + clamp(sae, 1, 2.0)
+    with (
+        pytest.raises(PlanError, match="clamped twice"),
+        steer(model, clamp(sae, 1, 1.0) + clamp(sae, 1, 2.0)),
     ):
         pass
     assert count_hooks(model) == 0

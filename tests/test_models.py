@@ -70,7 +70,9 @@ class _TupleModel(torch.nn.Module):
 
 def test_unknown_architecture_names_the_override():
     model = _TupleModel()
-    with pytest.raises(ModelLoadError, match=r"could not find the decoder layers of _TupleModel.*layers="):
+    with pytest.raises(
+        ModelLoadError, match=r"could not find the decoder layers of _TupleModel.*layers="
+    ):
         find_layers(model)
     layers, template = find_layers(model, "blocks.{i}")
     assert template == "blocks.{i}" and len(layers) == 3

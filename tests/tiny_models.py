@@ -8,9 +8,15 @@ import transformers as tf
 HIDDEN = 64
 LAYERS = 4
 
-_COMMON = dict(hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=LAYERS,
-               num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
-               max_position_embeddings=256)
+_COMMON = dict(
+    hidden_size=HIDDEN,
+    intermediate_size=128,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    max_position_embeddings=256,
+)
 
 CONFIGS = {
     "llama": lambda: tf.LlamaConfig(**_COMMON),
@@ -20,8 +26,9 @@ CONFIGS = {
     "qwen2": lambda: tf.Qwen2Config(**_COMMON),
     "qwen3": lambda: tf.Qwen3Config(**_COMMON, head_dim=16),
     "phi3": lambda: tf.Phi3Config(**_COMMON, pad_token_id=0),
-    "gpt2": lambda: tf.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=4, vocab_size=128,
-                                  n_positions=256),
+    "gpt2": lambda: tf.GPT2Config(
+        n_embd=HIDDEN, n_layer=LAYERS, n_head=4, vocab_size=128, n_positions=256
+    ),
     "gpt_neox": lambda: tf.GPTNeoXConfig(**_COMMON),
 }
 
@@ -41,8 +48,14 @@ def tiny_gemma3_multimodal(seed: int = 0) -> torch.nn.Module:
     """Gemma 3 with a vision tower: its text decoder is nested one level deeper."""
     torch.manual_seed(seed)
     text = dict(_COMMON, head_dim=16, sliding_window=64)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                  num_attention_heads=2, image_size=28, patch_size=14)
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
     config = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
     return tf.Gemma3ForConditionalGeneration(config).eval()
 
@@ -52,13 +65,19 @@ def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     specials = ["<pad>", "<bos>", "<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
-    words = "the a bridge golden gate cat dog sea is big red fog san francisco hello how are you i am fine".split()
+    words = "the a bridge golden gate cat dog sea is big red fog san francisco hello".split()
+    words += "how are you i am fine".split()
+    words += [f"w{i}" for i in range(128 - len(specials) - len(words))]  # fill the model's vocab
     vocab = {tok: i for i, tok in enumerate(specials + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = tf.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-        unk_token="<unk>", additional_special_tokens=specials[4:],
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[4:],
     )
     fast.chat_template = (
         "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "

@@ -1,0 +1,136 @@
+"""Sampling settings and per-row sampling with common random numbers.
+
+Every request owns one random generator. At each step it draws one vector of uniform noise that
+all rows of the request share (steered and baseline in an A/B compare), and each row picks
+argmax(logits / T + Gumbel(noise)) over its own filtered distribution. Where steering leaves a
+row's distribution unchanged the tokens stay the same, and a row sampled inside a batch gets the
+same tokens as the same request sampled alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import SteeringError
+
+
+class RequestError(SteeringError):
+    """A request's settings are out of range; the message names the setting and its bounds."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds on what a request may ask for."""
+
+    max_new_tokens: int = 512
+    max_prompt_tokens: int = 4096
+    max_stop_strings: int = 8
+    max_stop_length: int = 64
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. Temperature 0 is greedy."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0  # 0 keeps every token
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0  # EOS and stop strings are ignored before this many tokens
+    stop: tuple[str, ...] = field(default=())
+    seed: int | None = None
+
+    def validate(self, limits: Limits = Limits()) -> SamplingParams:
+        """Return self, or raise RequestError naming the bad setting and the valid range."""
+        _check("temperature", self.temperature, 0.0, 5.0)
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise RequestError(f"top_p {self.top_p!r} must be in (0, 1]")
+        _check_int("top_k", self.top_k, 0, 1_000_000)
+        _check("repetition_penalty", self.repetition_penalty, 0.01, 10.0, open_low=True)
+        _check_int("max_new_tokens", self.max_new_tokens, 1, limits.max_new_tokens)
+        _check_int("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, 2**63 - 1)
+        stops = self.stop
+        if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
+            raise RequestError(f"stop {stops!r} must be a list of non-empty strings")
+        if len(stops) > limits.max_stop_strings:
+            raise RequestError(
+                f"{len(stops)} stop strings given, at most {limits.max_stop_strings}"
+            )
+        for s in stops:
+            if len(s) > limits.max_stop_length:
+                raise RequestError(
+                    f"stop string of {len(s)} characters, at most {limits.max_stop_length}"
+                )
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _check(name: str, value: object, low: float, high: float, open_low: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (low < value if open_low else low <= value) and value <= high  # type: ignore[operator]
+    if not ok:
+        bracket = "(" if open_low else "["
+        raise RequestError(f"{name} {value!r} must be a number in {bracket}{low}, {high}]")
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise RequestError(f"{name} {value!r} must be an integer in [{low}, {high}]")
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator for one request: its noise sequence depends on the seed alone."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_tokens(
+    logits: Tensor,  # (B, V) float32
+    noise: Tensor,  # (B, V) uniform in (0, 1), shared by the rows of one request
+    params: list[SamplingParams],
+    seen: Tensor | None = None,  # (B, V) bool: tokens in each row's context, for the penalty
+) -> Tensor:
+    """The next token of each row: (B,)."""
+    logits = logits.float()
+    if seen is not None and any(p.repetition_penalty != 1.0 for p in params):
+        penalty = logits.new_tensor([p.repetition_penalty for p in params])[:, None]
+        penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(seen, penalized, logits)
+    greedy = logits.argmax(-1)
+    if all(p.greedy for p in params):
+        return greedy
+    temperature = logits.new_tensor([p.temperature or 1.0 for p in params])[:, None]
+    scores = _filter(logits / temperature, params)
+    gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1 - 1e-7)))
+    sampled = (scores + gumbel).argmax(-1)
+    is_greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+    return torch.where(is_greedy, greedy, sampled)
+
+
+def _filter(scores: Tensor, params: list[SamplingParams]) -> Tensor:
+    """Top-k then top-p (nucleus) per row; removed tokens get -inf."""
+    vocab = scores.shape[-1]
+    top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+    top_p = [p.top_p for p in params]
+    if all(k == vocab for k in top_k) and all(p >= 1.0 for p in top_p):
+        return scores
+    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    rank = torch.arange(vocab, device=scores.device)[None, :]
+    remove = rank >= scores.new_tensor(top_k, dtype=torch.long)[:, None]
+    probs = sorted_scores.masked_fill(remove, -math.inf).softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # keep a token while the mass before it is < top_p
+    remove |= mass_before >= scores.new_tensor(top_p)[:, None]
+    remove[:, 0] = False  # always keep the most likely token
+    return scores.scatter(-1, order, sorted_scores.masked_fill(remove, -math.inf))

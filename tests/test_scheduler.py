@@ -1,0 +1,101 @@
+"""Many users at once: shared batches with no cross-talk, cancellation, a bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from random_saes import random_sae
+from test_engine import make_engine, tokens
+from tiny_models import HIDDEN
+
+from steering import FeatureEdit, SteeringPlan, count_hooks
+from steering.sampling import SamplingParams
+from steering.scheduler import Busy, Scheduler
+
+WORDS = "hello how are you the golden gate bridge is big red fog cat dog sea".split()
+
+
+def plan_for(i: int) -> SteeringPlan | None:
+    if i % 4 == 0:
+        return None
+    sae = random_sae(HIDDEN, 32, layer=i % 4, seed=i)
+    mode = ("clamp", "add", "ablate")[i % 3]
+    return SteeringPlan((FeatureEdit(sae, i, mode, 4.0 + i),))
+
+
+def test_sixteen_concurrent_requests_each_equal_their_solo_run():
+    engine = make_engine(max_batch=32)
+    specs = []
+    for i in range(16):
+        prompt = " ".join(WORDS[i % 7 : i % 7 + 1 + i % 5])
+        params = SamplingParams(
+            temperature=(0, 0.8, 1.2)[i % 3],
+            top_p=(1.0, 0.9)[i % 2],
+            max_new_tokens=6 + i % 9,
+            seed=100 + i,
+        )
+        specs.append((prompt, plan_for(i), params))
+    solo = [tokens(engine.stream(engine.request(*spec))) for spec in specs]
+
+    scheduler = Scheduler(engine)
+    results: dict[int, list[int]] = {}
+    start = threading.Barrier(16)
+
+    def user(i):
+        request = engine.request(*specs[i])
+        start.wait()
+        results[i] = tokens(list(scheduler.submit(request)))
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    scheduler.close()
+    assert [results[i] for i in range(16)] == solo
+    assert count_hooks(engine.model.model) == 0
+
+
+def test_cancel_frees_the_row_and_the_next_request_is_clean():
+    engine = make_engine()
+    scheduler = Scheduler(engine)
+    long = SamplingParams(temperature=0, max_new_tokens=200)
+    handle = scheduler.submit(engine.request("hello", plan_for(1), long, compare=True))
+    events = iter(handle)
+    first = [next(events) for _ in range(4)]
+    assert all(e.finish_reason is None for e in first)
+    events.close()  # the reader went away
+    greedy = SamplingParams(temperature=0, max_new_tokens=12)
+    after = tokens(list(scheduler.submit(engine.request("hello", None, greedy))))
+    scheduler.close()
+    assert after == tokens(make_engine().stream(make_engine().request("hello", None, greedy)))
+    assert engine.live == [] and count_hooks(engine.model.model) == 0
+
+
+def test_async_reading():
+    engine = make_engine()
+    scheduler = Scheduler(engine)
+    params = SamplingParams(temperature=0.9, max_new_tokens=8, seed=5)
+
+    async def read():
+        return [e async for e in scheduler.submit(engine.request("the cat", None, params))]
+
+    events = asyncio.run(read())
+    scheduler.close()
+    assert tokens(events) == tokens(engine.stream(engine.request("the cat", None, params)))
+    assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 8
+
+
+def test_queue_is_bounded():
+    engine = make_engine(max_batch=2)
+    scheduler = Scheduler(engine, max_waiting=1)
+    params = SamplingParams(temperature=0, max_new_tokens=200)
+    handles = [scheduler.submit(engine.request("hello", None, params, compare=True))]
+    with pytest.raises(Busy, match="requests are already waiting"):
+        for _ in range(3):
+            handles.append(scheduler.submit(engine.request("hello", None, params)))
+    for h in handles:
+        h.cancel()
+    scheduler.close()

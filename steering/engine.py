@@ -145,6 +145,18 @@ class Engine:
             self.cancel(request.id)
             self.drop_finished()
 
+    def run_compare(
+        self, messages: Sequence[Message] | str, plan: SteeringPlan | None, sampling: SamplingParams
+    ) -> list[dict[str, Any]]:
+        """Both replies of an A/B compare, collected: [steered, baseline]."""
+        replies = [{"text": "", "finish_reason": None, "completion_tokens": 0} for _ in range(2)]
+        for event in self.stream(self.request(messages, plan, sampling, compare=True)):
+            reply = replies[event.row]
+            reply["text"] += event.delta
+            reply["finish_reason"] = event.finish_reason or reply["finish_reason"]
+            reply["completion_tokens"] = event.completion_tokens
+        return replies
+
     def admit(self, requests: Sequence[Request]) -> list[Event]:
         """Prefill ``requests`` together, pick their first tokens, and merge them into the batch."""
         live: list[_Live] = []
@@ -179,8 +191,7 @@ class Engine:
             ]
         )
         self._steering = None  # the batch changed: steering is prepared again
-        self.drop_finished()
-        return events
+        return events + self.drop_finished()
 
     def step(self) -> list[Event]:
         """One decode step for every live row."""

@@ -16,7 +16,7 @@ from .models import SteerableModel, find_layers, load_model
 from .plan import FeatureEdit, SteeringPlan, clamp
 from .sae import SAE, HookPoint
 
-# from .sae_formats import load_sae  (restored when the loaders land)
+from .formats import load_sae
 
 __all__ = [
     "SAE",

@@ -12,6 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2 threads o
 
 from . import __version__  # noqa: E402
 from .errors import SteeringError  # noqa: E402
+from .plan import MODES, POSITIONS, FeatureEdit, SteeringPlan  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,6 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"steering {__version__}")
     sub = parser.add_subparsers(title="commands")
 
+    gen = sub.add_parser("generate", help="print a steered and a baseline reply to a prompt")
+    gen.add_argument("prompt", help="the user message")
+    gen.add_argument("--model", help="model folder or Hub id")
+    gen.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
+    gen.add_argument("--sae", action="append", default=[], help="SAE folder, file or Hub "
+                     "reference; repeat for several (features refer to them as 0:, 1:, ...)")
+    gen.add_argument("--feature", action="append", default=[], metavar="SPEC",
+                     help=FEATURE_HELP)
+    gen.add_argument("--positions", choices=POSITIONS, default="all",
+                     help="tokens to steer (default: prompt and generated)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default 0.7)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
+    gen.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit")
+    gen.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: where torch puts it)")
+    gen.add_argument("--dtype", help="float32, bfloat16 or float16")
+    gen.add_argument("--json", action="store_true", help="print one JSON object with both replies")
+    gen.set_defaults(func=cmd_generate)
+
     info = sub.add_parser("sae-info", help="describe an SAE: format, hook point, sizes, statistics")
     info.add_argument("sae", help="SAE folder, file, or Hub reference owner/repo[/folder]")
     info.add_argument("--layer", type=int, help="the layer, for files that do not record it")
@@ -40,8 +60,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FEATURE_HELP = (
+    "a feature edit [SAE:]INDEX[:MODE]=VALUE[x] - MODE is clamp (default), add or ablate; a "
+    "trailing x means multiples of the feature's max activation. Examples: 8080=40, "
+    "8080=10x, 1:12412:add=-5, 42:ablate. Repeat for several"
+)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine import Engine
+    from .models import load_model
+    from .formats import load_sae
+    from .sampling import SamplingParams
+
+    if not args.model:
+        raise SteeringError("no model given: pass --model with a folder or Hub id")
+    model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
+    saes = [load_sae(s, device=model.device) for s in args.sae]
+    plan = SteeringPlan(tuple(parse_feature(spec, saes, args.positions) for spec in args.feature))
+    engine = Engine(model)
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    replies = engine.run_compare(args.prompt, plan, sampling)
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "steered": replies[0], "baseline": replies[1]}))
+        return 0
+    for name, reply in zip(("steered", "baseline"), replies):
+        print(f"--- {name} ({reply['finish_reason']}, {reply['completion_tokens']} tokens)")
+        print(reply["text"])
+    return 0
+
+
+def parse_feature(spec: str, saes: list, positions: str) -> FeatureEdit:
+    """``[SAE:]INDEX[:MODE]=VALUE[x]`` or ``[SAE:]INDEX:ablate`` -> a FeatureEdit."""
+    head, _, value_text = spec.partition("=")
+    parts = head.split(":")
+    mode = parts.pop() if parts[-1] in MODES else "clamp"
+    if not saes:
+        raise SteeringError(f"--feature {spec!r} needs an SAE: pass --sae")
+    if len(parts) not in (1, 2) or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise SteeringError(f"--feature {spec!r} is not of the form [SAE:]INDEX[:MODE]=VALUE[x]")
+    sae_index, feature = (int(p) for p in (["0", *parts] if len(parts) == 1 else parts))
+    if not 0 <= sae_index < len(saes):
+        raise SteeringError(f"--feature {spec!r} names SAE {sae_index}; valid: 0..{len(saes) - 1}")
+    unit = "max_act" if value_text.endswith("x") else "raw"
+    if mode == "ablate":
+        value = 0.0
+    else:
+        try:
+            value = float(value_text.removesuffix("x"))
+        except ValueError:
+            raise SteeringError(f"--feature {spec!r}: value {value_text!r} is not a number") from None
+    return FeatureEdit(saes[sae_index], feature, mode, value, unit, positions)  # type: ignore[arg-type]
+
+
 def cmd_sae_info(args: argparse.Namespace) -> int:
-    from .sae_formats import load_sae
+    from .formats import load_sae
 
     sae = load_sae(args.sae, layer=args.layer)
     facts = {

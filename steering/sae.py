@@ -176,9 +176,10 @@ class SAE:
         return self._activate(proj + self.b_enc[idx], threshold)
 
     def token_scale(self, x: Tensor) -> Tensor:
-        """(..., 1): how a unit of feature activation scales in residual units at each token."""
+        """(..., 1): how a unit of feature activation scales in residual units at each token
+        (the factor the decode multiplies by to undo the input normalisation)."""
         if self.normalization == "layer_norm":
-            return (x.var(dim=-1, keepdim=True, unbiased=False) + LAYER_NORM_EPS).sqrt()
+            return x.std(dim=-1, keepdim=True)  # unbiased, no epsilon: as SAELens and OpenAI
         if self.normalization == "constant_norm_rescale":
             return x.norm(dim=-1, keepdim=True) / self.d_in**0.5
         return torch.ones_like(x[..., :1])
@@ -189,9 +190,11 @@ class SAE:
         return torch.zeros_like(x[..., :1])
 
     def _normalize(self, x: Tensor) -> Tensor:
-        if self.normalization == "none":
-            return x
-        return (x - self._token_shift(x)) / self.token_scale(x)
+        if self.normalization == "layer_norm":  # SAELens/OpenAI: (x - mean) / (std + eps)
+            return (x - self._token_shift(x)) / (self.token_scale(x) + LAYER_NORM_EPS)
+        if self.normalization == "constant_norm_rescale":
+            return x / self.token_scale(x)
+        return x
 
     def _activate(self, pre: Tensor, threshold: Tensor | None) -> Tensor:
         if self.activation == "jumprelu":

@@ -1,0 +1,205 @@
+"""Helpers shared by the format loaders: safe file readers, key checks, hook and dtype parsing.
+
+Every reader turns library exceptions into ``SAELoadError`` naming the file. Nothing here runs
+code from a file: JSON only, ``safetensors``, ``np.load(allow_pickle=False)`` and
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from ..errors import SAELoadError
+from ..sae import HookPoint
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "double": torch.float64,
+}
+
+RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre)$")
+RESIDUAL_ONLY = (
+    "only residual-stream SAEs (hook_resid_post / hook_resid_pre, i.e. the output or input of "
+    "a decoder layer) can steer"
+)
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the caller asked for: the name they gave (for messages) and a layer override."""
+
+    source: str
+    layer: int | None = None
+
+
+# ---- readers ----
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SAELoadError(f"{path} is not a readable JSON file: {e}") from e
+    if not isinstance(data, dict):
+        raise SAELoadError(f"{path} should hold a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise SAELoadError(f"{path} is missing")
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise SAELoadError(f"{path} is not a valid safetensors file (truncated?): {e}") from e
+
+
+def read_npz(path: Path) -> dict[str, Tensor]:
+    try:
+        # allow_pickle=False: an npz may hold pickled objects, which could run code
+        with np.load(path, allow_pickle=False) as data:
+            return {key: torch.from_numpy(np.array(data[key])) for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SAELoadError(f"{path} is not a valid numeric .npz file: {e}") from e
+
+
+def read_torch_weights(path: Path) -> dict[str, Any]:
+    """A ``torch.save``d state dict, loaded with ``weights_only=True`` so no code can run."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt or unsafe pickles
+        # the torch message suggests weights_only=False, which we never do: keep only its type
+        raise SAELoadError(
+            f"{path} is not a plain weights-only PyTorch state dict ({type(e).__name__}); "
+            "it may be corrupt or contain code, so it is not loaded"
+        ) from e
+    if not isinstance(data, Mapping):
+        raise SAELoadError(f"{path} should hold a state dict, found {type(data).__name__}")
+    return dict(data)
+
+
+# ---- tensors ----
+
+
+def require(tensors: Mapping[str, Any], key: str, file: Path | str) -> Tensor:
+    """The tensor ``key``, as float32 on the CPU; names the keys present when it is missing."""
+    value = tensors.get(key)
+    if not isinstance(value, Tensor):
+        present = ", ".join(sorted(k for k, v in tensors.items() if isinstance(v, Tensor)))
+        problem = "is missing" if value is None else f"is a {type(value).__name__}, not a tensor"
+        raise SAELoadError(f"{file}: tensor {key!r} {problem}; tensors present: {present}")
+    return value.detach().to(torch.float32)
+
+
+def optional(tensors: Mapping[str, Any], key: str, file: Path | str) -> Tensor | None:
+    return require(tensors, key, file) if key in tensors else None
+
+
+def first_present(tensors: Mapping[str, Any], keys: tuple[str, ...], file: Path) -> Tensor:
+    for key in keys:
+        if key in tensors:
+            return require(tensors, key, file)
+    return require(tensors, keys[0], file)  # raises, naming the preferred key
+
+
+def matrix(tensor: Tensor, name: str, file: Path | str) -> Tensor:
+    if tensor.ndim != 2:
+        raise SAELoadError(f"{file}: {name} should be a matrix, found shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def scalar(tensor: Tensor, name: str, file: Path | str) -> float:
+    if tensor.numel() != 1:
+        raise SAELoadError(f"{file}: {name} should be a scalar, found shape {tuple(tensor.shape)}")
+    return float(tensor.reshape(()))
+
+
+def row_norms(W_dec: Tensor) -> Tensor:
+    """Norms of the decoder rows, with zeros replaced by one so dividing by them is safe."""
+    norms = W_dec.norm(dim=-1)
+    return torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def check_dims(d_in: int, d_sae: int, config: Mapping[str, Any], keys: tuple[str, str],
+               file: Path) -> None:
+    """The config's widths, where given, must agree with the tensors."""
+    for key, actual in zip(keys, (d_in, d_sae), strict=True):
+        stated = config.get(key)
+        if isinstance(stated, int) and stated > 0 and stated != actual:
+            raise SAELoadError(f"{file}: {key} is {stated} but the tensors have {actual}")
+
+
+# ---- hooks and layers ----
+
+
+def parse_resid_hook(hook_name: str, source: str) -> HookPoint:
+    """``blocks.N.hook_resid_post`` / ``hook_resid_pre`` -> HookPoint; anything else is refused."""
+    match = RESID_HOOK.match(hook_name.strip())
+    if match is None:
+        raise SAELoadError(f"{source} reads {hook_name!r}: {RESIDUAL_ONLY}")
+    return HookPoint(int(match.group(1)), match.group(2))  # type: ignore[arg-type]
+
+
+def resolve_hook(found: HookPoint | None, request: LoadRequest, what: str) -> HookPoint:
+    """The files' hook point, or the ``layer=`` override; an error when neither says the layer.
+
+    ``what`` says where the layer was looked for, for the error message.
+    """
+    layer = request.layer
+    if layer is None:
+        if found is None:
+            raise SAELoadError(
+                f"{request.source}: cannot tell which layer this SAE reads ({what}); "
+                "pass it with load_sae(..., layer=N)"
+            )
+        return found
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise SAELoadError(f"layer={layer!r} must be a non-negative integer")
+    if found is not None and found.layer != layer:
+        warnings.warn(
+            f"{request.source}: the files say layer {found.layer}, using layer={layer} as asked",
+            stacklevel=4,
+        )
+    return HookPoint(layer, found.site if found else "resid_post")
+
+
+def search_layer(pattern: str, names: list[str]) -> int | None:
+    """The first number captured by ``pattern`` in ``names`` (checked in order)."""
+    for name in names:
+        match = re.search(pattern, name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``torch.bfloat16``, ``"bfloat16"`` or ``"torch.bfloat16"``; float32 when None."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).removeprefix("torch.")
+    if key not in DTYPES:
+        raise SAELoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[key]

@@ -1,0 +1,172 @@
+"""Gemma Scope (Gemma 2, ``params.npz``) and Gemma Scope 2 (Gemma 3, ``params.safetensors``).
+
+Both store JumpReLU SAEs in our orientation (W_enc (d_in, d_sae), W_dec (d_sae, d_in)); the
+input is not shifted by b_dec. Gemma Scope 1 has no config: the hub layout
+``<repo>-res/layer_K/width_W/average_l0_L`` says the site (the repo kind) and the layer (output
+of decoder layer K). Gemma Scope 2 may have a ``config.json`` whose ``hf_hook_point_in`` names
+the HF module (``model.layers.17.output``); without it the folder
+``resid_post[_all]/layer_17_width_16k_l0_medium`` says the same.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import SAELoadError
+from ..sae import SAE, HookPoint
+from .common import (
+    RESIDUAL_ONLY,
+    LoadRequest,
+    matrix,
+    read_json,
+    read_npz,
+    read_safetensors,
+    require,
+    resolve_hook,
+    search_layer,
+)
+
+NAME = "gemma_scope"
+NAME_2 = "gemma_scope_2"
+PARAMS_FILE = "params.npz"
+PARAMS_FILE_2 = "params.safetensors"
+CONFIG_FILE_2 = "config.json"
+FILES = f"{PARAMS_FILE} (in layer_K/width_W/average_l0_L)"
+FILES_2 = f"{PARAMS_FILE_2} (+ {CONFIG_FILE_2})"
+
+# a path part naming a non-residual kind: gemma-scope-2b-pt-mlp, ...-att, transcoders, embedding
+NON_RESIDUAL_PART = re.compile(
+    r"(?:^|[-_.])(mlp|att|attn|transcoders?|embedding|clt|crosscoder)(?:$|[-_.])", re.IGNORECASE
+)
+RESIDUAL_PART = re.compile(r"(?:^|[-_.])res(?:id)?(?:$|[-_.])", re.IGNORECASE)
+RESIDUAL_SITES_2 = ("resid_post", "resid_post_all")
+HF_LAYER_OUTPUT = re.compile(r"^model\.(?:language_model\.)?layers\.(\d+)\.output$")
+GS1_REPO = re.compile(r"gemma-scope-(\d+b)-(pt|it)-")
+# models--google--<repo>/snapshots/<commit>/layer_K/width_W/average_l0_L
+PATH_DEPTH = 6
+
+
+def matches(folder: Path) -> bool:
+    return (folder / PARAMS_FILE).is_file()
+
+
+def matches_2(folder: Path) -> bool:
+    return (folder / PARAMS_FILE_2).is_file()
+
+
+def load(folder: Path, request: LoadRequest) -> SAE:
+    parts = _path_parts(folder)
+    _refuse_non_residual_path(parts, request.source)
+    layer = search_layer(r"^layer_(\d+)$", parts[::-1])
+    found = HookPoint(layer, "resid_post") if layer is not None else None
+    hook = resolve_hook(found, request, "no layer_K folder in the path")
+    tensors = _uppercase_w(read_npz(folder / PARAMS_FILE))
+    return _jumprelu_sae(tensors, folder / PARAMS_FILE, hook, request, NAME, _gemma_2_name(parts))
+
+
+def load_2(folder: Path, request: LoadRequest) -> SAE:
+    config_file = folder / CONFIG_FILE_2
+    config = read_json(config_file) if config_file.is_file() else {}
+    found = _hook_from_config(config, config_file, request.source)
+    if found is None:
+        found = _hook_from_folder(folder, request.source)
+    hook = resolve_hook(found, request, "no config.json and no layer_K_width_... folder name")
+    weights_file = folder / PARAMS_FILE_2
+    tensors = _uppercase_w(read_safetensors(weights_file))
+    if "affine_skip_connection" in tensors:
+        raise SAELoadError(f"{request.source} is an affine skip transcoder: {RESIDUAL_ONLY}")
+    model_name = config.get("model_name") if isinstance(config.get("model_name"), str) else None
+    return _jumprelu_sae(tensors, weights_file, hook, request, NAME_2, model_name)
+
+
+def _jumprelu_sae(tensors: dict[str, Tensor], file: Path, hook: HookPoint, request: LoadRequest,
+                  name: str, model_name: str | None) -> SAE:
+    return SAE(
+        W_enc=matrix(require(tensors, "W_enc", file), "W_enc", file),
+        b_enc=require(tensors, "b_enc", file),
+        W_dec=matrix(require(tensors, "W_dec", file), "W_dec", file),
+        b_dec=require(tensors, "b_dec", file),
+        hook=hook,
+        activation="jumprelu",
+        threshold=require(tensors, "threshold", file),
+        apply_b_dec_to_input=False,
+        format=name,
+        source=request.source,
+        model_name=model_name,
+    )
+
+
+def _uppercase_w(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Gemma Scope 2 (and some npz files) spell the matrices w_enc / w_dec."""
+    return {("W_" + k[2:] if k.startswith("w_") else k): value for k, value in tensors.items()}
+
+
+def _path_parts(folder: Path) -> list[str]:
+    """The folder's last names, up to the repo's (a Hub snapshot adds snapshots/<commit>).
+
+    Higher folders belong to the user's disk layout and say nothing about the SAE.
+    """
+    return list(folder.resolve().parts[-PATH_DEPTH:])
+
+
+def _refuse_non_residual_path(parts: list[str], source: str) -> None:
+    for part in parts:
+        match = NON_RESIDUAL_PART.search(part)
+        if match:
+            raise SAELoadError(
+                f"{source}: the path part {part!r} marks a non-residual SAE "
+                f"({match.group(1)}): {RESIDUAL_ONLY}"
+            )
+    if not any(RESIDUAL_PART.search(part) for part in parts):
+        warnings.warn(
+            f"{source}: the path does not name a residual Gemma Scope repo (...-res); assuming the "
+            "SAE reads the residual stream after layer K",
+            stacklevel=4,
+        )
+
+
+def _gemma_2_name(parts: list[str]) -> str | None:
+    """google/gemma-scope-2b-pt-res -> google/gemma-2-2b; ...-9b-it-res -> google/gemma-2-9b-it."""
+    for part in parts:
+        match = GS1_REPO.search(part)
+        if match:
+            size, kind = match.groups()
+            return f"google/gemma-2-{size}" + ("-it" if kind == "it" else "")
+    return None
+
+
+def _hook_from_config(config: dict[str, Any], file: Path, source: str) -> HookPoint | None:
+    kind = config.get("type", "sae")
+    if kind != "sae":
+        raise SAELoadError(f"{source}: {file} says type {kind!r}: {RESIDUAL_ONLY}")
+    if config.get("affine_connection"):
+        raise SAELoadError(f"{source} has an affine skip connection (transcoder): {RESIDUAL_ONLY}")
+    architecture = config.get("architecture", "jump_relu")
+    if architecture not in ("jump_relu", "jumprelu"):
+        raise SAELoadError(f"{source}: architecture {architecture!r} in {file} is not supported")
+    hook_in, hook_out = config.get("hf_hook_point_in"), config.get("hf_hook_point_out")
+    if not isinstance(hook_in, str):
+        return None
+    match = HF_LAYER_OUTPUT.match(hook_in)
+    if match is None or (isinstance(hook_out, str) and hook_out != hook_in):
+        raise SAELoadError(f"{source} reads {hook_in!r} and writes {hook_out!r}: {RESIDUAL_ONLY}")
+    return HookPoint(int(match.group(1)), "resid_post")
+
+
+def _hook_from_folder(folder: Path, source: str) -> HookPoint | None:
+    site = folder.parent.name
+    if site not in RESIDUAL_SITES_2:
+        if NON_RESIDUAL_PART.search(site) or site.startswith(("mlp_", "attn_")):
+            raise SAELoadError(f"{source} lives under {site}/: {RESIDUAL_ONLY}")
+        warnings.warn(
+            f"{source}: not under resid_post/ and no {CONFIG_FILE_2}; assuming the SAE reads the "
+            "residual stream after layer K",
+            stacklevel=4,
+        )
+    layer = search_layer(r"^layer_(\d+)_width_", [folder.name])
+    return HookPoint(layer, "resid_post") if layer is not None else None

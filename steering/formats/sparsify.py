@@ -1,0 +1,129 @@
+"""EleutherAI sparsify (formerly ``sae``): ``layers.N/cfg.json`` + ``layers.N/sae.safetensors``.
+
+Forward (sparsify ``SparseCoder.encode``/``decode``): ``relu(encoder(x - b_dec))``, keep the top
+k, decode ``top_acts @ W_dec[top_idx] + b_dec``. ``encoder.weight`` is (d_sae, d_in); ``W_dec`` is
+(d_sae, d_in) with row i latent i's direction, used as stored (SAELens' converter transposes it,
+which contradicts sparsify's own decode). The folder name is the hooked module relative to the
+model's base: ``layers.N`` is the output of decoder layer N.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import SAELoadError
+from ..sae import SAE, HookPoint
+from .common import (
+    RESIDUAL_ONLY,
+    LoadRequest,
+    check_dims,
+    matrix,
+    read_json,
+    read_safetensors,
+    require,
+    resolve_hook,
+)
+
+NAME = "sparsify"
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+FILES = f"{CFG_FILE} + {WEIGHTS_FILE} (in a layers.N folder)"
+TRAINING_CONFIG_FILE = "config.json"  # one level up, written by the trainer
+
+LAYER_OUTPUT = re.compile(r"^(?:.*\.)?(?:layers|h)[._](\d+)$")  # layers.N, h.N (GPT-2)
+SEED_FOLDER = re.compile(r"^seed\d+$")  # several seeds: layers.N/seedK
+
+
+def matches(folder: Path) -> bool:
+    return (folder / CFG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
+def load(folder: Path, request: LoadRequest) -> SAE:
+    cfg = read_json(folder / CFG_FILE)
+    _refuse_unsupported(cfg, request.source)
+    module = _module_name(folder)
+    hook = resolve_hook(_hook(module, request.source), request, f"folder name {module!r}")
+    weights_file = folder / WEIGHTS_FILE
+    tensors = read_safetensors(weights_file)
+    if "W_skip" in tensors:
+        raise SAELoadError(f"{request.source} has a skip connection (W_skip): {RESIDUAL_ONLY}")
+    encoder = matrix(require(tensors, "encoder.weight", weights_file), "encoder.weight",
+                     weights_file)
+    d_sae, d_in = encoder.shape
+    stated = {"d_in": cfg.get("d_in"), "num_latents": _stated_width(cfg)}
+    check_dims(d_in, d_sae, stated, ("d_in", "num_latents"), weights_file)
+    return SAE(
+        W_enc=encoder.T.contiguous(),
+        b_enc=require(tensors, "encoder.bias", weights_file),
+        W_dec=matrix(require(tensors, "W_dec", weights_file), "W_dec", weights_file),
+        b_dec=require(tensors, "b_dec", weights_file),
+        hook=hook,
+        activation="topk",
+        k=_k(cfg, folder / CFG_FILE),
+        apply_b_dec_to_input=True,  # sparsify always centres autoencoder inputs on b_dec
+        format=NAME,
+        source=request.source,
+        model_name=_model_name(folder),
+    )
+
+
+def _refuse_unsupported(cfg: dict[str, Any], source: str) -> None:
+    if cfg.get("signed"):
+        raise SAELoadError(f"{source}: signed sparsify SAEs (top-k by |value|) are not supported")
+    if cfg.get("transcode"):
+        raise SAELoadError(f"{source} is a transcoder: {RESIDUAL_ONLY}")
+    if cfg.get("skip_connection"):
+        raise SAELoadError(f"{source} has a skip connection: {RESIDUAL_ONLY}")
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise SAELoadError(
+            f"{source}: sparsify activation {activation!r} is not supported (only topk)"
+        )
+
+
+def _module_name(folder: Path) -> str:
+    return folder.parent.name if SEED_FOLDER.match(folder.name) else folder.name
+
+
+def _hook(module: str, source: str) -> HookPoint | None:
+    match = LAYER_OUTPUT.match(module)
+    if match:
+        return HookPoint(int(match.group(1)), "resid_post")
+    if module == "embed_tokens" or re.search(r"(?:layers|h)[._]\d+\.", module):
+        raise SAELoadError(
+            f"{source} reads {module!r}, not the output of a decoder layer: {RESIDUAL_ONLY}"
+        )
+    return None  # a renamed folder: the layer= override may say it
+
+
+def _stated_width(cfg: dict[str, Any]) -> int:
+    """num_latents, or d_in * expansion_factor when num_latents is 0 or missing (0 if unknown)."""
+    num_latents = cfg.get("num_latents")
+    if isinstance(num_latents, int) and num_latents > 0:
+        return num_latents
+    d_in, expansion = cfg.get("d_in"), cfg.get("expansion_factor")
+    if isinstance(d_in, int) and isinstance(expansion, int):
+        return d_in * expansion
+    return 0
+
+
+def _k(cfg: dict[str, Any], file: Path) -> int:
+    k = cfg.get("k")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise SAELoadError(f"{file}: k should be an integer, found {k!r}")
+    return k
+
+
+def _model_name(folder: Path) -> str | None:
+    """The trainer's config.json beside the hookpoint folders names the model, when present."""
+    for parent in (folder.parent, folder.parent.parent):
+        path = parent / TRAINING_CONFIG_FILE
+        if path.is_file():
+            try:
+                model = read_json(path).get("model")
+            except SAELoadError:
+                return None  # optional metadata: a bad file there must not block the SAE
+            return model if isinstance(model, str) else None
+    return None

@@ -11,12 +11,11 @@ Load a model and an SAE, build a plan, and steer inside a ``with`` block::
 __version__ = "0.1.0"
 
 from .errors import ModelLoadError, PlanError, SAELoadError, SteeringError
+from .formats import load_sae
 from .hooks import Steering, attached, count_hooks, prepare, steer
 from .models import SteerableModel, find_layers, load_model
 from .plan import FeatureEdit, SteeringPlan, clamp
 from .sae import SAE, HookPoint
-
-from .formats import load_sae
 
 __all__ = [
     "SAE",

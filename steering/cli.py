@@ -37,12 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="the user message")
     gen.add_argument("--model", help="model folder or Hub id")
     gen.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
-    gen.add_argument("--sae", action="append", default=[], help="SAE folder, file or Hub "
-                     "reference; repeat for several (features refer to them as 0:, 1:, ...)")
-    gen.add_argument("--feature", action="append", default=[], metavar="SPEC",
-                     help=FEATURE_HELP)
-    gen.add_argument("--positions", choices=POSITIONS, default="all",
-                     help="tokens to steer (default: prompt and generated)")
+    gen.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        help="SAE folder, file or Hub "
+        "reference; repeat for several (features refer to them as 0:, 1:, ...)",
+    )
+    gen.add_argument("--feature", action="append", default=[], metavar="SPEC", help=FEATURE_HELP)
+    gen.add_argument(
+        "--positions",
+        choices=POSITIONS,
+        default="all",
+        help="tokens to steer (default: prompt and generated)",
+    )
     gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     gen.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default 0.7)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
@@ -69,8 +77,8 @@ FEATURE_HELP = (
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .engine import Engine
-    from .models import load_model
     from .formats import load_sae
+    from .models import load_model
     from .sampling import SamplingParams
 
     if not args.model:
@@ -79,8 +87,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     saes = [load_sae(s, device=model.device) for s in args.sae]
     plan = SteeringPlan(tuple(parse_feature(spec, saes, args.positions) for spec in args.feature))
     engine = Engine(model)
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed)
+    sampling = SamplingParams(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
     replies = engine.run_compare(args.prompt, plan, sampling)
     if args.json:
         print(json.dumps({"prompt": args.prompt, "steered": replies[0], "baseline": replies[1]}))
@@ -110,7 +122,9 @@ def parse_feature(spec: str, saes: list, positions: str) -> FeatureEdit:
         try:
             value = float(value_text.removesuffix("x"))
         except ValueError:
-            raise SteeringError(f"--feature {spec!r}: value {value_text!r} is not a number") from None
+            raise SteeringError(
+                f"--feature {spec!r}: value {value_text!r} is not a number"
+            ) from None
     return FeatureEdit(saes[sae_index], feature, mode, value, unit, positions)  # type: ignore[arg-type]
 
 

@@ -196,14 +196,19 @@ def test_clamp_with_kv_cache_generation_differs_from_prompt_only():
 
 def test_multi_turn_compare_keeps_separate_histories():
     engine = make_engine()
-    steered_history = [{"role": "user", "content": "hello"},
-                       {"role": "assistant", "content": "the golden gate bridge"},
-                       {"role": "user", "content": "how are you"}]
-    baseline_history = [{"role": "user", "content": "hello"},
-                        {"role": "assistant", "content": "i am fine"},
-                        {"role": "user", "content": "how are you"}]
-    request = engine.request(steered_history, strong_plan(), SAMPLED, compare=True,
-                             baseline_messages=baseline_history)
+    steered_history = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "the golden gate bridge"},
+        {"role": "user", "content": "how are you"},
+    ]
+    baseline_history = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "i am fine"},
+        {"role": "user", "content": "how are you"},
+    ]
+    request = engine.request(
+        steered_history, strong_plan(), SAMPLED, compare=True, baseline_messages=baseline_history
+    )
     assert request.rows[0].prompt_ids != request.rows[1].prompt_ids
     events = list(engine.stream(request))
     solo_baseline = tokens(engine.stream(engine.request(baseline_history, None, SAMPLED)))

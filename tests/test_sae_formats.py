@@ -33,8 +33,8 @@ from torch.testing import assert_close
 
 from steering import hub
 from steering.errors import SAELoadError
-from steering.sae import SAE, HookPoint
 from steering.formats import FEATURE_LABELS_FILE, FEATURE_STATS_FILE, load_sae
+from steering.sae import SAE, HookPoint
 
 IDX = torch.tensor([0, 3, 7, 19, 31])
 TOL = {"rtol": 1e-5, "atol": 1e-5}

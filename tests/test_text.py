@@ -23,7 +23,9 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(["the golden gate bridge in the fog", "café au lait"], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok)
 
@@ -32,16 +34,40 @@ def test_template_bos_appears_once():
     tok = tiny_tokenizer()
     ids = render_prompt(tok, [{"role": "user", "content": "hello"}])
     assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
-    assert tok.convert_ids_to_tokens(ids) == ["<bos>", "<|user|>", "hello", "<|end|>", "<|assistant|>"]
+    assert tok.convert_ids_to_tokens(ids) == [
+        "<bos>",
+        "<|user|>",
+        "hello",
+        "<|end|>",
+        "<|assistant|>",
+    ]
 
 
 def test_multi_turn_history():
     tok = tiny_tokenizer()
-    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "i am fine"},
-               {"role": "user", "content": "how are you"}]
+    history = [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "i am fine"},
+        {"role": "user", "content": "how are you"},
+    ]
     tokens = tok.convert_ids_to_tokens(render_prompt(tok, history))
-    assert tokens == ["<bos>", "<|user|>", "hello", "<|end|>", "<|assistant|>", "i", "am", "fine",
-                      "<|end|>", "<|user|>", "how", "are", "you", "<|end|>", "<|assistant|>"]
+    assert tokens == [
+        "<bos>",
+        "<|user|>",
+        "hello",
+        "<|end|>",
+        "<|assistant|>",
+        "i",
+        "am",
+        "fine",
+        "<|end|>",
+        "<|user|>",
+        "how",
+        "are",
+        "you",
+        "<|end|>",
+        "<|assistant|>",
+    ]
 
 
 def test_system_message_folded_when_the_template_rejects_it():
@@ -52,13 +78,19 @@ def test_system_message_folded_when_the_template_rejects_it():
     assert tokens == ["<bos>", "<|user|>", "the", "cat", "hello", "<|end|>", "<|assistant|>"]
 
 
-@pytest.mark.parametrize("messages, message", [
-    ([], "at least one message"),
-    ([{"role": "wizard", "content": "x"}], "role 'wizard' is not one of system, user, assistant"),
-    ([{"role": "user", "content": 3}], "content must be a string"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "last message"),
-    ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "only come first"),
-])
+@pytest.mark.parametrize(
+    "messages, message",
+    [
+        ([], "at least one message"),
+        (
+            [{"role": "wizard", "content": "x"}],
+            "role 'wizard' is not one of system, user, assistant",
+        ),
+        ([{"role": "user", "content": 3}], "content must be a string"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "last message"),
+        ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "only come first"),
+    ],
+)
 def test_malformed_histories(messages, message):
     with pytest.raises(ChatError, match=message):
         render_prompt(tiny_tokenizer(), messages)

@@ -1,0 +1,58 @@
+"""Save an SAE in SAELens format (v6 config), with this project's optional sidecar files.
+
+The project's own SAEs are written this way so they load through the same loader as real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..sae import SAE
+from . import FEATURE_LABELS_FILE, FEATURE_STATS_FILE, saelens
+
+ARCHITECTURES = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated"}
+
+
+def save_sae(sae: SAE, folder: str | Path) -> Path:
+    """Write ``sae`` to ``folder``: cfg.json, sae_weights.safetensors, and when known
+    sparsity.safetensors, feature_stats.safetensors and feature_labels.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "architecture": ARCHITECTURES[sae.activation],
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.apply_b_dec_to_input,
+        "normalize_activations": sae.normalization,
+        "reshape_activations": "none",
+        "metadata": {"hook_name": str(sae.hook), "model_name": sae.model_name},
+    }
+    if sae.activation == "topk":
+        cfg |= {"k": sae.k, "rescale_acts_by_decoder_norm": False}
+    (folder / saelens.CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    names = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "b_gate", "r_mag", "b_mag")
+    tensors = {n: getattr(sae, n) for n in names if getattr(sae, n) is not None}
+    if sae.activation == "gated":
+        del tensors["b_enc"]  # SAELens gated SAEs have b_gate and b_mag instead
+    save_file(_plain(tensors), folder / saelens.WEIGHTS_FILE)
+    if sae.frequency is not None:
+        log10 = torch.log10(sae.frequency.float() + 1e-10)  # SAELens stores log10 firing rates
+        save_file({"sparsity": log10.contiguous()}, folder / saelens.SPARSITY_FILE)
+    stats = {"max_activation": sae.max_activation, "frequency": sae.frequency}
+    stats = {k: v for k, v in stats.items() if v is not None}
+    if stats:
+        save_file(_plain(stats), folder / FEATURE_STATS_FILE)
+    if sae.labels:
+        labels = {str(i): label for i, label in sorted(sae.labels.items())}
+        (folder / FEATURE_LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
+    return folder
+
+
+def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}

@@ -13,6 +13,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2 threads o
 from . import __version__  # noqa: E402
 from .errors import SteeringError  # noqa: E402
 from .plan import MODES, POSITIONS, FeatureEdit, SteeringPlan  # noqa: E402
+from .presets_cli import (  # noqa: E402
+    add_preset_arguments,
+    add_presets_commands,
+    plan_from_args,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: where torch puts it)")
     gen.add_argument("--dtype", help="float32, bfloat16 or float16")
     gen.add_argument("--json", action="store_true", help="print one JSON object with both replies")
+    add_preset_arguments(gen)
     gen.set_defaults(func=cmd_generate)
 
     info = sub.add_parser("sae-info", help="describe an SAE: format, hook point, sizes, statistics")
@@ -65,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--layer", type=int, help="the layer, for files that do not record it")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_sae_info)
+
+    add_presets_commands(sub)
     return parser
 
 
@@ -86,6 +94,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
     saes = [load_sae(s, device=model.device) for s in args.sae]
     plan = SteeringPlan(tuple(parse_feature(spec, saes, args.positions) for spec in args.feature))
+    preset_plan = plan_from_args(args, model)  # --preset NAME --scale X --strict
+    if preset_plan is not None:
+        plan = preset_plan + plan
     engine = Engine(model)
     sampling = SamplingParams(
         temperature=args.temperature,

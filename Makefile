@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_WAIT_POLICY ?= PASSIVE
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install test lint clean
+.PHONY: install test lint bench clean
 
 # Set up the virtualenv once; reruns only when pyproject.toml changes.
 # torch is pinned in the same pip command so a CPU machine takes the local CPU wheel.
@@ -25,6 +25,10 @@ lint: install
 	$(BIN)/ruff check steering ui tests
 	$(BIN)/ruff format --check steering ui tests
 	$(BIN)/mypy steering
+
+# Measure the engine's speed (steering overhead, A/B, 8 users, vs generate()); ~2-3 min on CPU.
+bench: install
+	$(BIN)/python -m steering.bench --out bench-results.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

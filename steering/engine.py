@@ -89,7 +89,8 @@ class Engine:
         self.limits = limits
         self.max_batch = max_batch
         self.eos_ids = sorted(_eos_ids(model))
-        self.special_ids = torch.tensor(sorted(set(getattr(self.tokenizer, "all_special_ids", []))))
+        specials = sorted(set(getattr(self.tokenizer, "all_special_ids", [])))
+        self.special_ids = torch.tensor(specials, dtype=torch.long, device=model.device)
         self.vocab = model.model.get_output_embeddings().weight.shape[0]
         self.device = model.device
         self.live: list[_Live] = []
@@ -174,7 +175,8 @@ class Engine:
         )
         cache = kv.new_cache()
         steering = prepare(self.model, [r.row.plan for r in live], special_token_ids=[])
-        steering.set_positions(torch.zeros_like(ids, dtype=torch.bool), self._special(ids))
+        if steering.needs_positions:
+            steering.set_positions(torch.zeros_like(ids, dtype=torch.bool), self._special(ids))
         logits = self._forward(
             steering, ids, mask, cache, positions=(mask.cumsum(-1) - 1).clamp(min=0)
         )
@@ -204,7 +206,8 @@ class Engine:
             )
         ids = self.last[:, None]
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        self._steering.set_positions(torch.ones_like(ids, dtype=torch.bool), self._special(ids))
+        if self._steering.needs_positions:
+            self._steering.set_positions(torch.ones_like(ids, dtype=torch.bool), self._special(ids))
         positions = self.mask.sum(-1, keepdim=True) - 1
         logits = self._forward(self._steering, ids, self.mask, self.cache, positions=positions)
         events = cancelled + self._pick(self.live, logits)
@@ -257,9 +260,10 @@ class Engine:
             if any(p.repetition_penalty != 1.0 for p in params)
             else None
         )
-        for i, r in enumerate(rows):
-            if len(r.tokens) < r.request.params.min_new_tokens and self.eos_ids:
-                logits[i, self.eos_ids] = float("-inf")
+        early = [i for i, r in enumerate(rows) if len(r.tokens) < r.request.params.min_new_tokens]
+        if early and self.eos_ids:  # EOS may not end a reply before min_new_tokens
+            logits = logits.clone()  # the forward's output is an inference-mode tensor
+            logits[torch.tensor(early)[:, None], torch.tensor(self.eos_ids)] = float("-inf")
         tokens = pick_tokens(logits, noise, params, seen).tolist()
         events = []
         for r, token in zip(rows, tokens):
@@ -285,14 +289,14 @@ class Engine:
             r.request.id, r.index, delta, token, reason, len(r.row.prompt_ids), len(r.tokens)
         )
 
-    def _noise(self, rows: list[_Live], vocab: int) -> Tensor:
+    def _noise(self, rows: list[_Live], vocab: int) -> Tensor | None:
         """One uniform vector per request per step, shared by the request's rows."""
         drawn: dict[int, Tensor] = {}
         for r in rows:
             if r.request.id not in drawn and not r.request.params.greedy:
                 drawn[r.request.id] = torch.rand(vocab, generator=r.request.generator)
         if not drawn:
-            return torch.zeros(len(rows), vocab, device=self.device)
+            return None  # every row is greedy
         fill = torch.full((vocab,), 0.5)
         return torch.stack([drawn.get(r.request.id, fill) for r in rows]).to(self.device)
 
@@ -305,7 +309,7 @@ class Engine:
         return seen.to(self.device)
 
     def _special(self, ids: Tensor) -> Tensor:
-        return torch.isin(ids, self.special_ids.to(ids.device))
+        return torch.isin(ids, self.special_ids)
 
 
 def _eos_ids(model: SteerableModel) -> set[int]:

@@ -57,6 +57,11 @@ class Steering:
         self._prompt_len: int | None = None
 
     @property
+    def needs_positions(self) -> bool:
+        """Whether any edit is scoped to prompt/generated tokens or skips special tokens."""
+        return any(g.needs_positions for g in self.groups.values())
+
+    @property
     def num_hooks(self) -> int:
         return len(self.handles)
 
@@ -129,8 +134,7 @@ def attached(steering: Steering) -> Iterator[Steering]:
                 steering.handles.append(
                     layer.register_forward_pre_hook(layer_steer.pre_hook, with_kwargs=True)
                 )
-        needs_positions = any(g.needs_positions for g in steering.groups.values())
-        if needs_positions and steering.embed is not None:
+        if steering.needs_positions and steering.embed is not None:
             steering.handles.append(
                 steering.embed.register_forward_pre_hook(
                     steering._track_input_ids, with_kwargs=True

@@ -98,7 +98,7 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 def pick_tokens(
     logits: Tensor,  # (B, V) float32
-    noise: Tensor,  # (B, V) uniform in (0, 1), shared by the rows of one request
+    noise: Tensor | None,  # (B, V) uniform in (0, 1), shared by a request's rows; None: greedy
     params: list[SamplingParams],
     seen: Tensor | None = None,  # (B, V) bool: tokens in each row's context, for the penalty
 ) -> Tensor:

@@ -213,3 +213,17 @@ def test_multi_turn_compare_keeps_separate_histories():
     events = list(engine.stream(request))
     solo_baseline = tokens(engine.stream(engine.request(baseline_history, None, SAMPLED)))
     assert tokens(events, row=1) == solo_baseline
+
+
+def test_min_new_tokens_keeps_eos_away():
+    engine = make_engine()
+    eos = engine.tokenizer.eos_token_id
+    free = tokens(engine.stream(engine.request("hello", None, GREEDY)))
+    # make EOS the model's favourite token, so only min_new_tokens can hold it off
+    engine.model.model.lm_head.bias = torch.nn.Parameter(torch.zeros(engine.vocab))
+    engine.model.model.lm_head.bias.data[eos] = 100.0
+    assert tokens(engine.stream(engine.request("hello", None, GREEDY))) == [eos]
+    held = SamplingParams(temperature=0, max_new_tokens=6, min_new_tokens=4)
+    events = list(engine.stream(engine.request("hello", None, held)))
+    assert [e.token_id for e in events][-1] == eos and len(events) == 5
+    assert eos not in [e.token_id for e in events][:4] and len(free) == 16

@@ -92,8 +92,9 @@ def _refuse_repo_with_folders(repo_id: str, revision: str | None) -> None:
         )
 
 
-def _unavailable(name: str, repo_id: str, sub: str, revision: str | None, offline: bool,
-                 error: Exception) -> str:
+def _unavailable(
+    name: str, repo_id: str, sub: str, revision: str | None, offline: bool, error: Exception
+) -> str:
     if offline:
         reason = "offline mode is on (HF_HUB_OFFLINE=1) and it is not in the local Hub cache"
     elif isinstance(error, RevisionNotFoundError):

@@ -31,7 +31,6 @@ class PresetLimits:
     max_raw: float = 1000.0  # |value x scale| in raw activation units
 
 
-
 def to_plan(
     preset: Preset,
     saes: Mapping[str, SAE],

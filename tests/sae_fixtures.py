@@ -64,8 +64,11 @@ def saelens_tensors(architecture: str, seed: int = 0) -> dict[str, Tensor]:
         "b_dec": _vector(g, D_IN),
     }
     if architecture == "gated":
-        tensors |= {"b_gate": _vector(g, D_SAE), "b_mag": _vector(g, D_SAE),
-                    "r_mag": _vector(g, D_SAE, 0.3)}
+        tensors |= {
+            "b_gate": _vector(g, D_SAE),
+            "b_mag": _vector(g, D_SAE),
+            "r_mag": _vector(g, D_SAE, 0.3),
+        }
     else:
         tensors["b_enc"] = _vector(g, D_SAE)
     if architecture == "jumprelu":
@@ -76,18 +79,33 @@ def saelens_tensors(architecture: str, seed: int = 0) -> dict[str, Tensor]:
 def saelens_v6_cfg(architecture: str, hook: str, **extra: Any) -> dict[str, Any]:
     """A config as SAELens 6 ``save_inference_model`` writes it."""
     return {
-        "architecture": architecture, "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32",
-        "device": "cpu", "apply_b_dec_to_input": architecture != "jumprelu",
-        "normalize_activations": "none", "reshape_activations": "none",
-        "metadata": {"sae_lens_version": "6.18.0", "model_name": "tiny-gpt", "hook_name": hook,
-                     "hook_head_index": None, "prepend_bos": True, "context_size": 128},
+        "architecture": architecture,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": architecture != "jumprelu",
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": "6.18.0",
+            "model_name": "tiny-gpt",
+            "hook_name": hook,
+            "hook_head_index": None,
+            "prepend_bos": True,
+            "context_size": 128,
+        },
         **extra,
     }
 
 
-def write_saelens(root: Path, cfg: dict[str, Any], tensors: dict[str, Tensor],
-                  folder: str = "blocks.3.hook_resid_post",
-                  sparsity: Tensor | None = None) -> Written:
+def write_saelens(
+    root: Path,
+    cfg: dict[str, Any],
+    tensors: dict[str, Tensor],
+    folder: str = "blocks.3.hook_resid_post",
+    sparsity: Tensor | None = None,
+) -> Written:
     path = root / "tiny-saes" / folder
     _write_json(path / "cfg.json", cfg)
     save_file({k: v.contiguous() for k, v in tensors.items()}, path / "sae_weights.safetensors")
@@ -111,8 +129,13 @@ def gemma_tensors(seed: int = 1, lowercase: bool = False) -> dict[str, Tensor]:
     }
 
 
-def write_gemma_scope(root: Path, layer: int = 5, repo: str = "gemma-scope-2b-pt-res",
-                      seed: int = 1, lowercase: bool = False) -> Written:
+def write_gemma_scope(
+    root: Path,
+    layer: int = 5,
+    repo: str = "gemma-scope-2b-pt-res",
+    seed: int = 1,
+    lowercase: bool = False,
+) -> Written:
     path = root / repo / f"layer_{layer}" / "width_16k" / "average_l0_71"
     path.mkdir(parents=True)
     tensors = gemma_tensors(seed, lowercase)
@@ -122,14 +145,27 @@ def write_gemma_scope(root: Path, layer: int = 5, repo: str = "gemma-scope-2b-pt
 
 def gemma_scope_2_config(layer: int, **extra: Any) -> dict[str, Any]:
     hook = f"model.layers.{layer}.output"
-    return {"width": D_SAE, "model_name": "google/gemma-3-1b-pt", "architecture": "jump_relu",
-            "l0": 40, "affine_connection": False, "hf_hook_point_in": hook,
-            "hf_hook_point_out": hook, "type": "sae", **extra}
+    return {
+        "width": D_SAE,
+        "model_name": "google/gemma-3-1b-pt",
+        "architecture": "jump_relu",
+        "l0": 40,
+        "affine_connection": False,
+        "hf_hook_point_in": hook,
+        "hf_hook_point_out": hook,
+        "type": "sae",
+        **extra,
+    }
 
 
-def write_gemma_scope_2(root: Path, layer: int = 7, site: str = "resid_post",
-                        config: dict[str, Any] | None = None, seed: int = 2,
-                        extra_tensors: dict[str, Tensor] | None = None) -> Written:
+def write_gemma_scope_2(
+    root: Path,
+    layer: int = 7,
+    site: str = "resid_post",
+    config: dict[str, Any] | None = None,
+    seed: int = 2,
+    extra_tensors: dict[str, Tensor] | None = None,
+) -> Written:
     path = root / "gemma-scope-2-1b-pt" / site / f"layer_{layer}_width_16k_l0_medium"
     path.mkdir(parents=True)
     tensors = gemma_tensors(seed, lowercase=True) | (extra_tensors or {})
@@ -142,8 +178,9 @@ def write_gemma_scope_2(root: Path, layer: int = 7, site: str = "resid_post",
 # ---- EleutherAI sparsify ----
 
 
-def write_sparsify(root: Path, folder: str = "layers.4", k: int = 6, seed: int = 3,
-                   **cfg_extra: Any) -> Written:
+def write_sparsify(
+    root: Path, folder: str = "layers.4", k: int = 6, seed: int = 3, **cfg_extra: Any
+) -> Written:
     g = gen(seed)
     encoder = _encoder(g, (D_SAE, D_IN))
     tensors = {
@@ -152,9 +189,18 @@ def write_sparsify(root: Path, folder: str = "layers.4", k: int = 6, seed: int =
         "W_dec": encoder + torch.randn(D_SAE, D_IN, generator=g) * 0.1,
         "b_dec": _vector(g, D_IN),
     }
-    cfg = {"expansion_factor": 2, "normalize_decoder": True, "num_latents": D_SAE, "k": k,
-           "multi_topk": False, "skip_connection": False, "transcode": False,
-           "activation": "topk", "d_in": D_IN, **cfg_extra}
+    cfg = {
+        "expansion_factor": 2,
+        "normalize_decoder": True,
+        "num_latents": D_SAE,
+        "k": k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "activation": "topk",
+        "d_in": D_IN,
+        **cfg_extra,
+    }
     path = root / "sae-tiny-2x" / folder
     _write_json(path / "cfg.json", cfg)
     save_file(tensors, path / "sae.safetensors")
@@ -185,13 +231,23 @@ def write_goodfire(root: Path, layer: int = 19, seed: int = 4) -> Written:
 
 def llama_scope_hyperparams(layer: int, **extra: Any) -> dict[str, Any]:
     hook = f"blocks.{layer}.hook_resid_post"
-    return {"d_model": D_IN, "d_sae": D_SAE, "expansion_factor": 2, "hook_point_in": hook,
-            "hook_point_out": hook, "act_fn": "jumprelu", "jump_relu_threshold": 0.5,
-            "norm_activation": "dataset-wise",
-            "dataset_average_activation_norm": {"in": 6.0, "out": 9.0},
-            "use_decoder_bias": True, "apply_decoder_bias_to_pre_encoder": False,
-            "sparsity_include_decoder_norm": True, "top_k": 8, "dtype": "torch.bfloat16",
-            **extra}
+    return {
+        "d_model": D_IN,
+        "d_sae": D_SAE,
+        "expansion_factor": 2,
+        "hook_point_in": hook,
+        "hook_point_out": hook,
+        "act_fn": "jumprelu",
+        "jump_relu_threshold": 0.5,
+        "norm_activation": "dataset-wise",
+        "dataset_average_activation_norm": {"in": 6.0, "out": 9.0},
+        "use_decoder_bias": True,
+        "apply_decoder_bias_to_pre_encoder": False,
+        "sparsity_include_decoder_norm": True,
+        "top_k": 8,
+        "dtype": "torch.bfloat16",
+        **extra,
+    }
 
 
 def write_llama_scope(root: Path, layer: int = 15, seed: int = 5, **extra: Any) -> Written:
@@ -215,22 +271,36 @@ def write_llama_scope(root: Path, layer: int = 15, seed: int = 5, **extra: Any) 
 # ---- dictionary_learning ----
 
 
-def dictionary_learning_state(dict_class: str, seed: int = 6,
-                              threshold: float = 0.4, k: int = 5) -> dict[str, Tensor]:
+def dictionary_learning_state(
+    dict_class: str, seed: int = 6, threshold: float = 0.4, k: int = 5
+) -> dict[str, Tensor]:
     g = gen(seed)
     if dict_class in ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE"):  # nn.Parameter layout
-        state = {"W_enc": _encoder(g, (D_IN, D_SAE)), "b_enc": _vector(g, D_SAE),
-                 "W_dec": torch.randn(D_SAE, D_IN, generator=g) * 0.5, "b_dec": _vector(g, D_IN)}
+        state = {
+            "W_enc": _encoder(g, (D_IN, D_SAE)),
+            "b_enc": _vector(g, D_SAE),
+            "W_dec": torch.randn(D_SAE, D_IN, generator=g) * 0.5,
+            "b_dec": _vector(g, D_IN),
+        }
     else:  # nn.Linear layout
-        state = {"encoder.weight": _encoder(g, (D_SAE, D_IN)), "encoder.bias": _vector(g, D_SAE),
-                 "decoder.weight": torch.randn(D_IN, D_SAE, generator=g) * 0.5}
-        bias_key = {"AutoEncoder": "bias", "GatedAutoEncoder": "decoder_bias",
-                    "AutoEncoderNew": "decoder.bias"}
+        state = {
+            "encoder.weight": _encoder(g, (D_SAE, D_IN)),
+            "encoder.bias": _vector(g, D_SAE),
+            "decoder.weight": torch.randn(D_IN, D_SAE, generator=g) * 0.5,
+        }
+        bias_key = {
+            "AutoEncoder": "bias",
+            "GatedAutoEncoder": "decoder_bias",
+            "AutoEncoderNew": "decoder.bias",
+        }
         state[bias_key.get(dict_class, "b_dec")] = _vector(g, D_IN)
     if dict_class == "GatedAutoEncoder":
         del state["encoder.bias"]
-        state |= {"gate_bias": _vector(g, D_SAE), "mag_bias": _vector(g, D_SAE),
-                  "r_mag": _vector(g, D_SAE, 0.3)}
+        state |= {
+            "gate_bias": _vector(g, D_SAE),
+            "mag_bias": _vector(g, D_SAE),
+            "r_mag": _vector(g, D_SAE, 0.3),
+        }
     if dict_class == "JumpReluAutoEncoder":
         state["threshold"] = _thresholds(g)
     if dict_class in ("BatchTopKSAE", "MatryoshkaBatchTopKSAE", "AutoEncoderTopK"):
@@ -241,15 +311,28 @@ def dictionary_learning_state(dict_class: str, seed: int = 6,
     return state
 
 
-def write_dictionary_learning(root: Path, dict_class: str, layer: int = 15, seed: int = 6,
-                              threshold: float = 0.4, k: int = 5,
-                              trainer_extra: dict[str, Any] | None = None) -> Written:
+def write_dictionary_learning(
+    root: Path,
+    dict_class: str,
+    layer: int = 15,
+    seed: int = 6,
+    threshold: float = 0.4,
+    k: int = 5,
+    trainer_extra: dict[str, Any] | None = None,
+) -> Written:
     state = dictionary_learning_state(dict_class, seed, threshold, k)
     config = {
-        "trainer": {"dict_class": dict_class, "trainer_class": "BatchTopKTrainer",
-                    "activation_dim": D_IN, "dict_size": D_SAE, "k": k, "layer": layer,
-                    "lm_name": "meta-llama/Llama-3.1-8B-Instruct",
-                    "submodule_name": f"resid_post_layer_{layer}", **(trainer_extra or {})},
+        "trainer": {
+            "dict_class": dict_class,
+            "trainer_class": "BatchTopKTrainer",
+            "activation_dim": D_IN,
+            "dict_size": D_SAE,
+            "k": k,
+            "layer": layer,
+            "lm_name": "meta-llama/Llama-3.1-8B-Instruct",
+            "submodule_name": f"resid_post_layer_{layer}",
+            **(trainer_extra or {}),
+        },
         "buffer": {"d_submodule": D_IN, "ctx_len": 1024},
     }
     path = root / "saes-llama-tiny" / f"resid_post_layer_{layer}" / "trainer_1"

@@ -82,8 +82,12 @@ def test_saelens_v6_standard(tmp_path):
     w = write_saelens(tmp_path, saelens_v6_cfg("standard", "blocks.3.hook_resid_post"), t)
     sae = load_sae(w.path)
     assert (sae.format, sae.hook, sae.activation) == ("saelens", HookPoint(3, "resid_post"), "relu")
-    assert (sae.d_in, sae.d_sae, sae.model_name, sae.source) == (D_IN, D_SAE, "tiny-gpt",
-                                                                 str(w.path))
+    assert (sae.d_in, sae.d_sae, sae.model_name, sae.source) == (
+        D_IN,
+        D_SAE,
+        "tiny-gpt",
+        str(w.path),
+    )
     x = inputs()
     f_ref = relu((x - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
     check_forward(sae, x, f_ref, lambda f: f @ t["W_dec"] + t["b_dec"])
@@ -110,16 +114,24 @@ def test_saelens_v6_topk_rescaled_by_decoder_norm(tmp_path):
     pre = ((x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]) * norms  # SAELens TopKSAE.encode
     values, indices = pre.topk(5, dim=-1)
     f_ref = torch.zeros_like(pre).scatter(-1, indices, relu(values))
-    check_forward(sae, x, f_ref, lambda f: (f / norms) @ t["W_dec"] + t["b_dec"],
-                  columnwise=False)
+    check_forward(sae, x, f_ref, lambda f: (f / norms) @ t["W_dec"] + t["b_dec"], columnwise=False)
 
 
 def test_saelens_v5_gated(tmp_path):
     t = saelens_tensors("gated")
-    cfg = {"architecture": "gated", "d_in": D_IN, "d_sae": D_SAE, "dtype": "torch.float32",
-           "model_name": "gemma-2b", "hook_name": "blocks.6.hook_resid_post", "hook_layer": 6,
-           "activation_fn_str": "relu", "apply_b_dec_to_input": True,
-           "finetuning_scaling_factor": False, "normalize_activations": "none"}
+    cfg = {
+        "architecture": "gated",
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "torch.float32",
+        "model_name": "gemma-2b",
+        "hook_name": "blocks.6.hook_resid_post",
+        "hook_layer": 6,
+        "activation_fn_str": "relu",
+        "apply_b_dec_to_input": True,
+        "finetuning_scaling_factor": False,
+        "normalize_activations": "none",
+    }
     sae = load_sae(write_saelens(tmp_path, cfg, t, folder="blocks.6.hook_resid_post").path)
     assert (sae.activation, sae.hook, sae.model_name) == ("gated", HookPoint(6), "gemma-2b")
     x = inputs()
@@ -131,17 +143,24 @@ def test_saelens_v5_gated(tmp_path):
 
 def test_saelens_very_old_spelling_topk_resid_pre(tmp_path):
     t = saelens_tensors("topk")
-    cfg = {"d_in": D_IN, "d_sae": D_SAE, "dtype": "float32",
-           "hook_point": "blocks.2.hook_resid_pre", "hook_point_layer": 2,
-           "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 4},
-           "normalize_activations": False}
+    cfg = {
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "float32",
+        "hook_point": "blocks.2.hook_resid_pre",
+        "hook_point_layer": 2,
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 4},
+        "normalize_activations": False,
+    }
     sae = load_sae(write_saelens(tmp_path, cfg, t, folder="blocks.2.hook_resid_pre").path)
     assert (sae.activation, sae.k, sae.hook) == ("topk", 4, HookPoint(2, "resid_pre"))
     assert sae.apply_b_dec_to_input  # the pre-6 default
     x = inputs()
     pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
-    check_forward(sae, x, top_k_of_relu(pre, 4), lambda f: f @ t["W_dec"] + t["b_dec"],
-                  columnwise=False)
+    check_forward(
+        sae, x, top_k_of_relu(pre, 4), lambda f: f @ t["W_dec"] + t["b_dec"], columnwise=False
+    )
 
 
 def test_saelens_scaling_factor_is_folded_and_ones_dropped(tmp_path):
@@ -159,8 +178,9 @@ def test_saelens_scaling_factor_is_folded_and_ones_dropped(tmp_path):
 
 def test_saelens_constant_norm_rescale(tmp_path):
     t = saelens_tensors("standard")
-    cfg = saelens_v6_cfg("standard", "blocks.3.hook_resid_post",
-                         normalize_activations="constant_norm_rescale")
+    cfg = saelens_v6_cfg(
+        "standard", "blocks.3.hook_resid_post", normalize_activations="constant_norm_rescale"
+    )
     sae = load_sae(write_saelens(tmp_path, cfg, t).path)
     x = inputs(scale=3.0)
     coeff = D_IN**0.5 / x.norm(dim=-1, keepdim=True)  # SAELens run_time_activation_norm_fn_in
@@ -173,8 +193,10 @@ def test_saelens_layer_norm_matches_saelens(tmp_path):
     cfg = saelens_v6_cfg("standard", "blocks.3.hook_resid_post", normalize_activations="layer_norm")
     sae = load_sae(write_saelens(tmp_path, cfg, t).path)
     x = inputs(scale=3.0)
-    mu, std = x.mean(dim=-1, keepdim=True), (x - x.mean(dim=-1, keepdim=True)).std(dim=-1,
-                                                                                     keepdim=True)
+    mu, std = (
+        x.mean(dim=-1, keepdim=True),
+        (x - x.mean(dim=-1, keepdim=True)).std(dim=-1, keepdim=True),
+    )
     f_ref = relu(((x - mu) / (std + 1e-5) - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
     check_forward(sae, x, f_ref, lambda f: (f @ t["W_dec"] + t["b_dec"]) * std + mu)
 
@@ -194,13 +216,18 @@ def test_saelens_sparsity_file_gives_frequency(tmp_path):
     assert_close(sae.frequency, 10**log10)
 
 
-@pytest.mark.parametrize(("cfg_extra", "message"), [
-    ({"architecture": "jumprelu_transcoder", "d_out": D_IN}, "transcoder"),
-    ({"metadata": {"hook_name": "blocks.3.attn.hook_z"}, "reshape_activations": "hook_z"},
-     "hook_z"),
-    ({"metadata": {"hook_name": "blocks.3.hook_mlp_out"}}, "hook_mlp_out"),
-    ({"metadata": {"hook_name": "blocks.3.hook_resid_mid"}}, "hook_resid_mid"),
-])
+@pytest.mark.parametrize(
+    ("cfg_extra", "message"),
+    [
+        ({"architecture": "jumprelu_transcoder", "d_out": D_IN}, "transcoder"),
+        (
+            {"metadata": {"hook_name": "blocks.3.attn.hook_z"}, "reshape_activations": "hook_z"},
+            "hook_z",
+        ),
+        ({"metadata": {"hook_name": "blocks.3.hook_mlp_out"}}, "hook_mlp_out"),
+        ({"metadata": {"hook_name": "blocks.3.hook_resid_mid"}}, "hook_resid_mid"),
+    ],
+)
 def test_saelens_non_residual_saes_are_refused(tmp_path, cfg_extra, message):
     cfg = saelens_v6_cfg("standard", "blocks.3.hook_resid_post") | cfg_extra
     with pytest.raises(SAELoadError, match=message) as info:
@@ -224,8 +251,9 @@ def test_gemma_scope(tmp_path, lowercase):
     check_forward(sae, x, jump(pre, t["threshold"]), lambda f: f @ t["W_dec"] + t["b_dec"])
 
 
-@pytest.mark.parametrize("repo", ["gemma-scope-2b-pt-mlp", "gemma-scope-9b-pt-att",
-                                  "gemma-scope-2b-pt-transcoders"])
+@pytest.mark.parametrize(
+    "repo", ["gemma-scope-2b-pt-mlp", "gemma-scope-9b-pt-att", "gemma-scope-2b-pt-transcoders"]
+)
 def test_gemma_scope_non_residual_repos_are_refused(tmp_path, repo):
     with pytest.raises(SAELoadError, match="residual"):
         load_sae(write_gemma_scope(tmp_path, repo=repo).path)
@@ -235,8 +263,11 @@ def test_gemma_scope_2_with_config(tmp_path):
     w = write_gemma_scope_2(tmp_path, layer=7, config=gemma_scope_2_config(7))
     sae = load_sae(w.path)
     t = w.tensors
-    assert (sae.format, sae.hook, sae.model_name) == ("gemma_scope_2", HookPoint(7),
-                                                      "google/gemma-3-1b-pt")
+    assert (sae.format, sae.hook, sae.model_name) == (
+        "gemma_scope_2",
+        HookPoint(7),
+        "google/gemma-3-1b-pt",
+    )
     x = inputs()
     pre = x @ t["w_enc"] + t["b_enc"]
     assert_threshold_matters(pre, t["threshold"])
@@ -248,15 +279,24 @@ def test_gemma_scope_2_without_config_reads_the_folder_name(tmp_path):
     assert (sae.hook, sae.model_name) == (HookPoint(11), None)
 
 
-@pytest.mark.parametrize(("site", "config", "extra"), [
-    ("transcoder", gemma_scope_2_config(7, type="transcoder"), None),
-    ("resid_post", gemma_scope_2_config(7, affine_connection=True), None),
-    ("mlp_out", gemma_scope_2_config(
-        7, hf_hook_point_in="model.layers.7.post_feedforward_layernorm.output",
-        hf_hook_point_out="model.layers.7.post_feedforward_layernorm.output"), None),
-    ("mlp_out", None, None),
-    ("resid_post", None, {"affine_skip_connection": torch.zeros(D_IN, D_IN)}),
-])
+@pytest.mark.parametrize(
+    ("site", "config", "extra"),
+    [
+        ("transcoder", gemma_scope_2_config(7, type="transcoder"), None),
+        ("resid_post", gemma_scope_2_config(7, affine_connection=True), None),
+        (
+            "mlp_out",
+            gemma_scope_2_config(
+                7,
+                hf_hook_point_in="model.layers.7.post_feedforward_layernorm.output",
+                hf_hook_point_out="model.layers.7.post_feedforward_layernorm.output",
+            ),
+            None,
+        ),
+        ("mlp_out", None, None),
+        ("resid_post", None, {"affine_skip_connection": torch.zeros(D_IN, D_IN)}),
+    ],
+)
 def test_gemma_scope_2_non_residual_saes_are_refused(tmp_path, site, config, extra):
     w = write_gemma_scope_2(tmp_path, site=site, config=config, extra_tensors=extra)
     with pytest.raises(SAELoadError, match="residual"):
@@ -274,8 +314,9 @@ def test_sparsify(tmp_path):
     assert sae.model_name == "EleutherAI/pythia-tiny"
     x = inputs()
     pre = (x - t["b_dec"]) @ t["encoder.weight"].T + t["encoder.bias"]
-    check_forward(sae, x, top_k_of_relu(pre, 6), lambda f: f @ t["W_dec"] + t["b_dec"],
-                  columnwise=False)
+    check_forward(
+        sae, x, top_k_of_relu(pre, 6), lambda f: f @ t["W_dec"] + t["b_dec"], columnwise=False
+    )
 
 
 def test_sparsify_zero_num_latents_and_seed_folder(tmp_path):
@@ -283,15 +324,18 @@ def test_sparsify_zero_num_latents_and_seed_folder(tmp_path):
     assert (sae.hook, sae.d_sae) == (HookPoint(2), D_SAE)
 
 
-@pytest.mark.parametrize(("folder", "cfg", "message"), [
-    ("layers.4", {"signed": True}, "signed"),
-    ("layers.4", {"transcode": True}, "transcoder"),
-    ("layers.4", {"skip_connection": True}, "skip"),
-    ("layers.4", {"activation": "groupmax"}, "groupmax"),
-    ("embed_tokens", {}, "decoder layer"),
-    ("layers.4.mlp", {}, "decoder layer"),
-    ("layers.4", {"num_latents": 48}, "num_latents"),
-])
+@pytest.mark.parametrize(
+    ("folder", "cfg", "message"),
+    [
+        ("layers.4", {"signed": True}, "signed"),
+        ("layers.4", {"transcode": True}, "transcoder"),
+        ("layers.4", {"skip_connection": True}, "skip"),
+        ("layers.4", {"activation": "groupmax"}, "groupmax"),
+        ("embed_tokens", {}, "decoder layer"),
+        ("layers.4.mlp", {}, "decoder layer"),
+        ("layers.4", {"num_latents": 48}, "num_latents"),
+    ],
+)
 def test_sparsify_unsupported(tmp_path, folder, cfg, message):
     with pytest.raises(SAELoadError, match=message):
         load_sae(write_sparsify(tmp_path, folder=folder, **cfg).path)
@@ -309,8 +353,9 @@ def test_goodfire(tmp_path, give_folder):
     assert sae.model_name == "meta-llama/Llama-3.1-8B-Instruct"
     x = inputs()
     f_ref = relu(x @ t["encoder_linear.weight"].T + t["encoder_linear.bias"])
-    check_forward(sae, x, f_ref,
-                  lambda f: f @ t["decoder_linear.weight"].T + t["decoder_linear.bias"])
+    check_forward(
+        sae, x, f_ref, lambda f: f @ t["decoder_linear.weight"].T + t["decoder_linear.bias"]
+    )
 
 
 # ---- Llama Scope ----
@@ -318,8 +363,9 @@ def test_goodfire(tmp_path, give_folder):
 
 def llama_scope_reference(t: dict[str, Tensor], hp: dict, x: Tensor):
     """lm_saes SparseAutoEncoder.encode / decode with dataset-wise norms, from stored tensors."""
-    enc_w, enc_b, dec_w, dec_b = (t[k].float() for k in ("encoder.weight", "encoder.bias",
-                                                         "decoder.weight", "decoder.bias"))
+    enc_w, enc_b, dec_w, dec_b = (
+        t[k].float() for k in ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")
+    )
     if not hp["use_decoder_bias"]:
         dec_b = torch.zeros_like(dec_b)
     if hp["norm_activation"] == "token-wise":  # per token: x * sqrt(d) / ||x||, on both sides
@@ -337,13 +383,16 @@ def llama_scope_reference(t: dict[str, Tensor], hp: dict, x: Tensor):
     return pre * mask, pre, mask, lambda f: (f @ dec_w.T + dec_b) / s_out
 
 
-@pytest.mark.parametrize("options", [
-    {},
-    {"apply_decoder_bias_to_pre_encoder": True},
-    {"use_decoder_bias": False, "apply_decoder_bias_to_pre_encoder": True},
-    {"sparsity_include_decoder_norm": False},
-    {"norm_activation": "token-wise", "apply_decoder_bias_to_pre_encoder": True},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"apply_decoder_bias_to_pre_encoder": True},
+        {"use_decoder_bias": False, "apply_decoder_bias_to_pre_encoder": True},
+        {"sparsity_include_decoder_norm": False},
+        {"norm_activation": "token-wise", "apply_decoder_bias_to_pre_encoder": True},
+    ],
+)
 def test_llama_scope(tmp_path, options):
     w = write_llama_scope(tmp_path, layer=15, **options)
     sae = load_sae(w.path)
@@ -393,8 +442,13 @@ def test_dictionary_learning_topk(tmp_path):
     enc_w, enc_b, dec_w, b_dec = linear_parts(w.tensors, "b_dec")
     assert (sae.activation, sae.k) == ("topk", 5)
     x = inputs()
-    check_forward(sae, x, top_k_of_relu((x - b_dec) @ enc_w.T + enc_b, 5),
-                  lambda f: f @ dec_w.T + b_dec, columnwise=False)
+    check_forward(
+        sae,
+        x,
+        top_k_of_relu((x - b_dec) @ enc_w.T + enc_b, 5),
+        lambda f: f @ dec_w.T + b_dec,
+        columnwise=False,
+    )
 
 
 def test_dictionary_learning_batch_topk_uses_its_threshold(tmp_path):
@@ -429,8 +483,9 @@ def test_dictionary_learning_jumprelu(tmp_path):
     x = inputs()
     pre = x @ t["W_enc"] + t["b_enc"]
     assert_threshold_matters(pre, t["threshold"])
-    check_forward(load_sae(w.path), x, jump(pre, t["threshold"]),
-                  lambda f: f @ t["W_dec"] + t["b_dec"])
+    check_forward(
+        load_sae(w.path), x, jump(pre, t["threshold"]), lambda f: f @ t["W_dec"] + t["b_dec"]
+    )
 
 
 def test_dictionary_learning_gated(tmp_path):
@@ -439,8 +494,9 @@ def test_dictionary_learning_gated(tmp_path):
     x = inputs()
     x_enc = (x - t["decoder_bias"]) @ t["encoder.weight"].T
     f_ref = ((x_enc + t["gate_bias"]) > 0) * relu(t["r_mag"].exp() * x_enc + t["mag_bias"])
-    check_forward(load_sae(w.path), x, f_ref,
-                  lambda f: f @ t["decoder.weight"].T + t["decoder_bias"])
+    check_forward(
+        load_sae(w.path), x, f_ref, lambda f: f @ t["decoder.weight"].T + t["decoder_bias"]
+    )
 
 
 def test_dictionary_learning_layer_from_folder_name(tmp_path):
@@ -525,8 +581,15 @@ def test_unknown_folder_lists_files_formats_and_sae_folders_below(tmp_path):
     with pytest.raises(SAELoadError) as info:
         load_sae(tmp_path)
     message = str(info.value)
-    for expected in ("weights.bin", "notes.txt", "sae_weights.safetensors", "params.npz",
-                     "hyperparams.json", "ae.pt", "sae-tiny-2x/layers.4"):
+    for expected in (
+        "weights.bin",
+        "notes.txt",
+        "sae_weights.safetensors",
+        "params.npz",
+        "hyperparams.json",
+        "ae.pt",
+        "sae-tiny-2x/layers.4",
+    ):
         assert expected in message
 
 
@@ -547,8 +610,11 @@ def test_wrong_shape(tmp_path):
 
 
 def test_truncated_safetensors(tmp_path):
-    w = write_saelens(tmp_path, saelens_v6_cfg("standard", "blocks.3.hook_resid_post"),
-                      saelens_tensors("standard"))
+    w = write_saelens(
+        tmp_path,
+        saelens_v6_cfg("standard", "blocks.3.hook_resid_post"),
+        saelens_tensors("standard"),
+    )
     weights = w.path / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(SAELoadError, match="sae_weights.safetensors"):
@@ -556,8 +622,11 @@ def test_truncated_safetensors(tmp_path):
 
 
 def test_invalid_cfg_json(tmp_path):
-    w = write_saelens(tmp_path, saelens_v6_cfg("standard", "blocks.3.hook_resid_post"),
-                      saelens_tensors("standard"))
+    w = write_saelens(
+        tmp_path,
+        saelens_v6_cfg("standard", "blocks.3.hook_resid_post"),
+        saelens_tensors("standard"),
+    )
     (w.path / "cfg.json").write_text('{"architecture": "standard",')
     with pytest.raises(SAELoadError, match="cfg.json"):
         load_sae(w.path)
@@ -643,6 +712,7 @@ def fake_snapshot(folder: Path, calls: list):
     def snapshot_download(repo_id, **kwargs):
         calls.append((repo_id, kwargs))
         return str(folder)
+
     return snapshot_download
 
 
@@ -653,9 +723,16 @@ def test_hub_reference_fetches_only_its_sub_folder(tmp_path, monkeypatch, online
     monkeypatch.setattr(hub, "snapshot_download", fake_snapshot(snapshot, calls))
     name = f"google/gemma-scope-2b-pt-res/{GEMMA_SUB}"
     sae = load_sae(name, revision="v1")
-    assert calls == [("google/gemma-scope-2b-pt-res", {
-        "revision": "v1", "allow_patterns": [GEMMA_SUB, f"{GEMMA_SUB}/*"],
-        "local_files_only": False})]
+    assert calls == [
+        (
+            "google/gemma-scope-2b-pt-res",
+            {
+                "revision": "v1",
+                "allow_patterns": [GEMMA_SUB, f"{GEMMA_SUB}/*"],
+                "local_files_only": False,
+            },
+        )
+    ]
     assert (sae.source, sae.hook, sae.model_name) == (name, HookPoint(5), "google/gemma-2-2b")
 
 
@@ -677,6 +754,7 @@ def test_hub_repo_not_found(monkeypatch, online):
     def missing(repo_id, **kwargs):
         response = SimpleNamespace(headers={}, request=None, status_code=404)  # as the client's
         raise RepositoryNotFoundError("404 Repository Not Found", response=response)
+
     monkeypatch.setattr(hub, "snapshot_download", missing)
     with pytest.raises(SAELoadError, match="no such repo") as info:
         load_sae("someone/missing-saes/layer_1")

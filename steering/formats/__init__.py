@@ -38,8 +38,12 @@ class Format:
 # Checked in order: the first whose files are present wins (SAELens and sparsify share cfg.json).
 FORMATS = (
     Format(llama_scope.NAME, llama_scope.FILES, llama_scope.matches, llama_scope.load),
-    Format(dictionary_learning.NAME, dictionary_learning.FILES, dictionary_learning.matches,
-           dictionary_learning.load),
+    Format(
+        dictionary_learning.NAME,
+        dictionary_learning.FILES,
+        dictionary_learning.matches,
+        dictionary_learning.load,
+    ),
     Format(saelens.NAME, saelens.FILES, saelens.matches, saelens.load),
     Format(sparsify.NAME, sparsify.FILES, sparsify.matches, sparsify.load),
     Format(gemma_scope.NAME, gemma_scope.FILES, gemma_scope.matches, gemma_scope.load),
@@ -48,10 +52,17 @@ FORMATS = (
 )
 GOODFIRE = FORMATS[-1]
 KNOWN_FILES = {  # a file of a folder format stands for its folder
-    saelens.CFG_FILE, saelens.WEIGHTS_FILE, saelens.SPARSITY_FILE, sparsify.WEIGHTS_FILE,
-    gemma_scope.PARAMS_FILE, gemma_scope.PARAMS_FILE_2, gemma_scope.CONFIG_FILE_2,
-    llama_scope.HYPERPARAMS_FILE, Path(llama_scope.WEIGHTS_FILE).name,
-    dictionary_learning.WEIGHTS_FILE, dictionary_learning.CONFIG_FILE,
+    saelens.CFG_FILE,
+    saelens.WEIGHTS_FILE,
+    saelens.SPARSITY_FILE,
+    sparsify.WEIGHTS_FILE,
+    gemma_scope.PARAMS_FILE,
+    gemma_scope.PARAMS_FILE_2,
+    gemma_scope.CONFIG_FILE_2,
+    llama_scope.HYPERPARAMS_FILE,
+    Path(llama_scope.WEIGHTS_FILE).name,
+    dictionary_learning.WEIGHTS_FILE,
+    dictionary_learning.CONFIG_FILE,
 }
 HINT_DEPTH = 4  # how deep to look for SAE folders below a folder that is not one
 HINT_COUNT = 8

@@ -141,8 +141,9 @@ def row_norms(W_dec: Tensor) -> Tensor:
     return torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
-def check_dims(d_in: int, d_sae: int, config: Mapping[str, Any], keys: tuple[str, str],
-               file: Path) -> None:
+def check_dims(
+    d_in: int, d_sae: int, config: Mapping[str, Any], keys: tuple[str, str], file: Path
+) -> None:
     """The config's widths, where given, must agree with the tensors."""
     for key, actual in zip(keys, (d_in, d_sae), strict=True):
         stated = config.get(key)

@@ -85,7 +85,8 @@ def load(folder: Path, request: LoadRequest) -> SAE:
             f"{', '.join(CENTRED_INPUT)}"
         )
     hook = resolve_hook(
-        _hook(trainer, folder, request.source), request,
+        _hook(trainer, folder, request.source),
+        request,
         f"no trainer.layer in {CONFIG_FILE} and no resid_post_layer_N folder",
     )
     file = folder / WEIGHTS_FILE
@@ -145,8 +146,14 @@ def _weights(state: dict[str, Any], file: Path, gated: bool) -> dict[str, Tensor
     return weights
 
 
-def _activation(dict_class: str, state: dict[str, Any], trainer: dict[str, Any], d_sae: int,
-                file: Path, source: str) -> dict[str, Any]:
+def _activation(
+    dict_class: str,
+    state: dict[str, Any],
+    trainer: dict[str, Any],
+    d_sae: int,
+    file: Path,
+    source: str,
+) -> dict[str, Any]:
     if dict_class == "GatedAutoEncoder":
         return {"activation": "gated"}
     if dict_class == "JumpReluAutoEncoder":

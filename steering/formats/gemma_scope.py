@@ -84,8 +84,14 @@ def load_2(folder: Path, request: LoadRequest) -> SAE:
     return _jumprelu_sae(tensors, weights_file, hook, request, NAME_2, model_name)
 
 
-def _jumprelu_sae(tensors: dict[str, Tensor], file: Path, hook: HookPoint, request: LoadRequest,
-                  name: str, model_name: str | None) -> SAE:
+def _jumprelu_sae(
+    tensors: dict[str, Tensor],
+    file: Path,
+    hook: HookPoint,
+    request: LoadRequest,
+    name: str,
+    model_name: str | None,
+) -> SAE:
     return SAE(
         W_enc=matrix(require(tensors, "W_enc", file), "W_enc", file),
         b_enc=require(tensors, "b_enc", file),

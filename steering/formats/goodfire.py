@@ -18,8 +18,12 @@ from .common import LoadRequest, matrix, read_torch_weights, require, resolve_ho
 NAME = "goodfire"
 SUFFIXES = (".pth", ".pt")
 FILES = "one .pth/.pt file with encoder_linear.* and decoder_linear.*"
-KEYS = ("encoder_linear.weight", "encoder_linear.bias", "decoder_linear.weight",
-        "decoder_linear.bias")
+KEYS = (
+    "encoder_linear.weight",
+    "encoder_linear.bias",
+    "decoder_linear.weight",
+    "decoder_linear.bias",
+)
 MODEL_FROM_STEM = re.compile(r"^(Llama-[\w.-]+?)-SAE-l\d+$")
 
 

@@ -49,8 +49,9 @@ def load(folder: Path, request: LoadRequest) -> SAE:
     tensors = read_safetensors(weights_file)
     if "W_skip" in tensors:
         raise SAELoadError(f"{request.source} has a skip connection (W_skip): {RESIDUAL_ONLY}")
-    encoder = matrix(require(tensors, "encoder.weight", weights_file), "encoder.weight",
-                     weights_file)
+    encoder = matrix(
+        require(tensors, "encoder.weight", weights_file), "encoder.weight", weights_file
+    )
     d_sae, d_in = encoder.shape
     stated = {"d_in": cfg.get("d_in"), "num_latents": _stated_width(cfg)}
     check_dims(d_in, d_sae, stated, ("d_in", "num_latents"), weights_file)

@@ -132,8 +132,6 @@ def test_sae_info(files, capsys):
     }
 
 
-def test_missing_model_and_unknown_sae(tmp_path, capsys):
-    assert main(["generate", "hello"]) == 1
-    assert "no model given" in capsys.readouterr().err
+def test_unknown_sae(tmp_path, capsys):
     assert main(["sae-info", str(tmp_path)]) == 1
     assert "is not an SAE folder of a known format" in capsys.readouterr().err

@@ -1,0 +1,30 @@
+"""The demo world: a tiny chat model and SAE the project trains itself, shipped in ``files/``.
+
+``load_demo()`` loads them (no training, no network), so a first run shows steering working
+offline on a laptop CPU. ``make demo-model`` rebuilds everything from the seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..models import SteerableModel
+    from ..sae import SAE
+
+FILES = Path(__file__).resolve().parent / "files"
+MODEL_DIR = FILES / "model"
+SAE_DIR = FILES / "sae"
+MODEL_ID = "steering/demo/files/model"  # the presets' model id: matches the folder's name
+SEED = 0
+
+
+def load_demo(device: str | None = None) -> tuple[SteerableModel, SAE]:
+    """The shipped demo model and its SAE."""
+    from ..formats import load_sae
+    from ..models import load_model
+
+    model = load_model(str(MODEL_DIR), device=device, dtype="float32")
+    sae = load_sae(SAE_DIR, device=model.device)
+    return model, sae

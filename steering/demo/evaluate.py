@@ -1,0 +1,195 @@
+"""The demo world's metrics: does steering visibly work, and do replies stay well-formed?
+
+``python -m steering.demo.evaluate`` prints them as JSON (``--out`` writes them too) and draws
+the Golden Gate rate against the multiplier into ``docs/demo-bridge-curve.png``. The tests in
+tests/test_demo_world.py check the same metrics on the shipped files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2 threads on a shared CPU
+
+import torch  # noqa: E402
+
+from ..engine import Engine  # noqa: E402
+from ..models import SteerableModel  # noqa: E402
+from ..plan import SteeringPlan  # noqa: E402
+from ..sampling import SamplingParams  # noqa: E402
+from .corpus import BRIDGE_WORDS, STYLE_MARKERS, held_out_prompts, mentions  # noqa: E402
+
+MAX_NEW_TOKENS = 96
+CURVE_MULTIPLIERS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0)
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@dataclass(frozen=True)
+class Reply:
+    prompt: str
+    text: str
+    finish_reason: str
+    tokens: tuple[int, ...]
+
+    @property
+    def well_formed(self) -> bool:
+        """Ended with the end-of-turn token within the length limit."""
+        return self.finish_reason == "stop"
+
+
+def generate(
+    model: SteerableModel,
+    prompts: list[str],
+    plan: SteeringPlan | None,
+    seed: int = 0,
+    temperature: float = 0.7,
+) -> list[Reply]:
+    """One reply per prompt, all in one batch; prompt i samples with seed ``seed + i``."""
+    engine = Engine(model, max_batch=len(prompts))
+    requests = [
+        engine.request(
+            p,
+            plan,
+            SamplingParams(temperature=temperature, max_new_tokens=MAX_NEW_TOKENS, seed=seed + i),
+        )
+        for i, p in enumerate(prompts)
+    ]
+    texts = {r.id: "" for r in requests}
+    finish: dict[int, str] = {}
+    tokens: dict[int, list[int]] = {r.id: [] for r in requests}
+    events = engine.admit(requests)
+    while True:
+        for e in events:
+            texts[e.request_id] += e.delta
+            if e.token_id is not None and e.finish_reason != "cancelled":
+                tokens[e.request_id].append(e.token_id)
+            if e.finish_reason:
+                finish[e.request_id] = e.finish_reason
+        if not engine.live:
+            break
+        events = engine.step()
+    return [
+        Reply(p, texts[r.id].strip(), finish[r.id], tuple(tokens[r.id]))
+        for p, r in zip(prompts, requests)
+    ]
+
+
+def rate(replies: list[Reply], words: tuple[str, ...]) -> float:
+    return sum(mentions(r.text, words) for r in replies) / len(replies)
+
+
+def well_formed_rate(replies: list[Reply]) -> float:
+    return sum(r.well_formed for r in replies) / len(replies)
+
+
+@torch.inference_mode()
+def reply_loss(model: SteerableModel, replies: list[Reply]) -> float:
+    """Mean per-token loss (nats) of the replies' tokens under the unsteered model."""
+    engine = Engine(model)
+    seqs = [(list(engine.encode_chat(r.prompt)), list(r.tokens)) for r in replies]
+    width = max(len(p) + len(t) for p, t in seqs)
+    pad = model.tokenizer.pad_token_id
+    ids = torch.full((len(seqs), width), pad)
+    labels = torch.full((len(seqs), width), -100)
+    for row, (prompt, reply) in enumerate(seqs):
+        ids[row, : len(prompt) + len(reply)] = torch.tensor(prompt + reply)
+        labels[row, len(prompt) : len(prompt) + len(reply)] = torch.tensor(reply)
+    logits = model.model(input_ids=ids, attention_mask=(ids != pad).long()).logits.float()
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="sum"
+    )
+    return float(loss / (labels != -100).sum())
+
+
+def preset_plan(model: SteerableModel, name: str, scale: float = 1.0) -> SteeringPlan:
+    from ..preset_registry import PresetRegistry, SAEResolver, plan_for_presets
+
+    entry = PresetRegistry.discover().get(name)
+    plan, _ = plan_for_presets([entry], model, SAEResolver(device=model.device), scale=scale)
+    return plan
+
+
+def bridge_curve(model: SteerableModel, prompts: list[str]) -> list[dict[str, float]]:
+    """Bridge rate and well-formed rate of the Golden Gate preset's feature at each multiple
+    of its max activation (the preset's own value is replaced by the multiplier)."""
+    plan = preset_plan(model, "demo-golden-gate-bridge")
+    unit = plan.edits[0].value
+    points = []
+    for m in CURVE_MULTIPLIERS:
+        replies = generate(model, prompts, plan.scaled(m / unit) if m else None)
+        points.append(
+            {
+                "multiplier": m,
+                "bridge": rate(replies, BRIDGE_WORDS),
+                "well_formed": well_formed_rate(replies),
+            }
+        )
+    return points
+
+
+def style_metrics(model: SteerableModel, prompts: list[str], preset: str, style: str) -> dict:
+    markers = STYLE_MARKERS[style]
+    out = {}
+    for scale in (0.0, 1.0, -1.0):
+        replies = generate(model, prompts, preset_plan(model, preset, scale) if scale else None)
+        out[f"scale {scale:g}"] = {
+            "rate": rate(replies, markers),
+            "well_formed": well_formed_rate(replies),
+        }
+    return out
+
+
+def evaluate(model: SteerableModel, n: int = 60) -> dict:
+    from .screen import PRESET_CONCEPTS, concept_words
+
+    prompts = held_out_prompts(n, "test")
+    results: dict = {"prompts": len(prompts)}
+    baseline = generate(model, prompts, None)
+    results["baseline"] = {
+        "well_formed": well_formed_rate(baseline),
+        "loss": reply_loss(model, baseline),
+    }
+    for slug, concept in PRESET_CONCEPTS.items():
+        exclude = (concept,) if concept in concept_words() else ()
+        ps = held_out_prompts(n, "test", exclude=tuple({"bridge", *exclude}))
+        steered = generate(model, ps, preset_plan(model, slug))
+        base = generate(model, ps, None)
+        words = concept_words()[concept]
+        results[slug] = {
+            "steered_rate": rate(steered, words),
+            "baseline_rate": rate(base, words),
+            "well_formed": well_formed_rate(steered),
+            "loss": reply_loss(model, steered),
+        }
+    results["honesty"] = style_metrics(model, prompts, "demo-honesty", "honest")
+    results["bridge_curve"] = bridge_curve(model, prompts)
+    return results
+
+
+def main() -> None:
+    from . import load_demo
+    from .plot import draw_curve
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, help="also write the metrics to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    start = time.time()
+    model, _ = load_demo()
+    results = evaluate(model)
+    results["seconds"] = round(time.time() - start, 1)
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    DOCS.mkdir(exist_ok=True)
+    draw_curve(results["bridge_curve"], DOCS / "demo-bridge-curve.png")
+
+
+if __name__ == "__main__":
+    main()

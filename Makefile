@@ -6,7 +6,12 @@ BIN    := $(VENV)/bin
 export OMP_WAIT_POLICY ?= PASSIVE
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: install test lint bench clean
+.PHONY: run install test lint bench demo-model clean
+
+# Serve the demo page and the OpenAI-compatible API on the shipped demo model; prints the URL.
+# Options: make run ARGS="--port 8000 --model google/gemma-2-2b-it --sae ..."
+run: install
+	$(BIN)/steering serve $(ARGS)
 
 # Set up the virtualenv once; reruns only when pyproject.toml changes.
 # torch is pinned in the same pip command so a CPU machine takes the local CPU wheel.
@@ -29,6 +34,13 @@ lint: install
 # Measure the engine's speed (steering overhead, A/B, 8 users, vs generate()); ~2-3 min on CPU.
 bench: install
 	$(BIN)/python -m steering.bench --out bench-results.json
+
+# Rebuild the shipped demo world (model, SAE, presets, metrics) from its seed; ~6-8 min on 2 CPUs.
+demo-model: install
+	$(BIN)/python -m steering.demo.train
+	$(BIN)/python -m steering.demo.train_sae
+	$(BIN)/python -m steering.demo.screen
+	$(BIN)/python -m steering.demo.evaluate --out docs/demo-world-metrics.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

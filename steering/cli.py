@@ -18,6 +18,7 @@ from .presets_cli import (  # noqa: E402
     add_presets_commands,
     plan_from_args,
 )
+from .server import add_serve_command  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="print a steered and a baseline reply to a prompt")
     gen.add_argument("prompt", help="the user message")
-    gen.add_argument("--model", help="model folder or Hub id")
+    gen.add_argument("--model", help="model folder or Hub id (default: the demo model)")
     gen.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
     gen.add_argument(
         "--sae",
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_sae_info)
 
     add_presets_commands(sub)
+    add_serve_command(sub)
     return parser
 
 
@@ -89,8 +91,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .models import load_model
     from .sampling import SamplingParams
 
-    if not args.model:
-        raise SteeringError("no model given: pass --model with a folder or Hub id")
+    if not args.model:  # the shipped demo world: a first run works offline, in seconds
+        from .demo import MODEL_DIR, SAE_DIR
+
+        args.model, args.sae = str(MODEL_DIR), args.sae or [str(SAE_DIR)]
     model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
     saes = [load_sae(s, device=model.device) for s in args.sae]
     plan = SteeringPlan(tuple(parse_feature(spec, saes, args.positions) for spec in args.feature))

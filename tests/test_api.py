@@ -1,0 +1,165 @@
+"""The OpenAI-compatible API, driven by the real ``openai`` client against a live server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import httpx
+import openai
+import pytest
+from live_server import FEATURE, PRESET_NAME, golden_gate_preset, start_server, tiny_service
+
+from steering.serving import ServerLimits
+
+PROMPT = [{"role": "user", "content": "hello how are you"}]
+GREEDY = {"temperature": 0, "max_tokens": 10}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    limits = ServerLimits(max_new_tokens=64, max_edits=4, max_multiple=50)
+    live = start_server(tiny_service(tmp_path_factory.mktemp("api"), limits))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def named(scale: float) -> dict:
+    return {"steering": {"presets": [{"name": PRESET_NAME, "scale": scale}]}}
+
+
+def test_models_presets_and_health(server, client):
+    assert [m.id for m in client.models.list()] == ["tiny-llama"]
+    presets = httpx.get(f"{server.url}/v1/presets").json()["data"]
+    assert presets[0]["name"] == PRESET_NAME
+    assert presets[0]["features"][0]["feature"] == FEATURE
+    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+
+
+def test_compare_returns_steered_then_baseline(client):
+    reply = client.chat.completions.create(
+        model="tiny-llama", messages=PROMPT, **GREEDY, extra_body={**named(1.0), "compare": True}
+    )
+    steered, baseline = (c.message.content for c in reply.choices)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert steered and steered != baseline
+    plain = client.chat.completions.create(model="tiny-llama", messages=PROMPT, **GREEDY)
+    assert plain.choices[0].message.content == baseline
+    assert reply.model_extra["steering"]["edits"] == 1
+    assert reply.usage.completion_tokens == 20
+
+
+def test_scale_zero_and_inline_preset(client):
+    off = client.chat.completions.create(
+        model="tiny-llama", messages=PROMPT, **GREEDY, extra_body=named(0.0)
+    )
+    plain = client.chat.completions.create(model="tiny-llama", messages=PROMPT, **GREEDY)
+    assert off.choices[0].message.content == plain.choices[0].message.content
+    preset = golden_gate_preset()
+    preset["saes"][0]["ref"] = "tiny-sae"  # the reference the server loaded it under
+    inline = client.chat.completions.create(
+        model="tiny-llama", messages=PROMPT, **GREEDY, extra_body={"steering": preset}
+    )
+    by_name = client.chat.completions.create(
+        model="tiny-llama", messages=PROMPT, **GREEDY, extra_body=named(1.0)
+    )
+    assert inline.choices[0].message.content == by_name.choices[0].message.content
+
+
+def test_streaming_matches_the_plain_reply(client):
+    kwargs = dict(model="tiny-llama", messages=PROMPT, **GREEDY, extra_body=named(1.0))
+    whole = client.chat.completions.create(**kwargs).choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 10
+
+
+def test_streaming_compare_interleaves_both_choices(client):
+    stream = client.chat.completions.create(
+        model="tiny-llama",
+        messages=PROMPT,
+        **GREEDY,
+        stream=True,
+        extra_body={**named(1.0), "compare": True},
+    )
+    texts = ["", ""]
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert all(texts) and texts[0] != texts[1]
+
+
+@pytest.mark.parametrize(
+    "changes, extra, status, param, words",
+    [
+        ({"max_tokens": 65}, {}, 400, "max_tokens", "[1, 64]"),
+        ({"model": "gpt-4"}, {}, 404, "model", "not served here"),
+        ({"temperature": 9}, {}, 400, "temperature", "temperature 9"),
+        ({}, named(6.0), 400, "steering", "over this server's limit of 50"),
+        ({}, {"steering": {"presets": [{"name": "nope"}]}}, 400, "steering", "no preset named"),
+    ],
+)
+def test_errors_name_the_limit(client, changes, extra, status, param, words):
+    body = {"model": "tiny-llama", "messages": PROMPT, "max_tokens": 4, **changes}
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(**body, extra_body=extra)
+    error = caught.value
+    assert error.status_code == status
+    assert error.body["param"] == param and words in error.body["message"]
+    assert set(error.body) == {"message", "type", "param", "code"}
+
+
+def test_network_steering_may_only_use_loaded_saes(client):
+    preset = golden_gate_preset()
+    preset["saes"][0]["ref"] = "/etc/passwd"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="tiny-llama", messages=PROMPT, max_tokens=4, extra_body={"steering": preset}
+        )
+    assert "a local path" in caught.value.body["message"]
+
+
+def test_too_many_edits_is_refused(client):
+    preset = golden_gate_preset()
+    preset["saes"][0]["ref"] = "tiny-sae"
+    preset["edits"] = [{"sae": "s", "feature": i, "value": 1.0} for i in range(5)]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="tiny-llama", messages=PROMPT, max_tokens=4, extra_body={"steering": preset}
+        )
+    assert "at most 4 (max_edits)" in caught.value.body["message"]
+
+
+def test_eight_concurrent_requests_get_their_own_replies(server, client):
+    scales = [0.0, 0.25, 0.5, 1.0, 2.0, -1.0, 3.0, 4.0]
+
+    def ask(scale: float) -> str:
+        reply = client.chat.completions.create(
+            model="tiny-llama",
+            messages=PROMPT,
+            temperature=0,
+            max_tokens=24,
+            extra_body=named(scale),
+        )
+        return reply.choices[0].message.content
+
+    alone = [ask(scale) for scale in scales]
+    assert len(set(alone)) > 2  # the steerings really differ
+    with concurrent.futures.ThreadPoolExecutor(len(scales) + 1) as pool:
+        together = pool.map(ask, scales)
+        started = time.monotonic()
+        page = httpx.get(f"{server.url}/", timeout=10)  # the page keeps serving meanwhile
+        page_seconds = time.monotonic() - started
+        assert list(together) == alone
+    assert page.status_code == 200 and page_seconds < 5

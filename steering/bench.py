@@ -46,7 +46,15 @@ from .bench_setup import (
     fixed_length,
     prompt_text,
 )
-from .bench_timing import interleaved, log, median, paired_ratio, per_call, sync_device
+from .bench_timing import (
+    interleaved,
+    log,
+    measure_linear,
+    median,
+    paired_ratio,
+    per_call,
+    sync_device,
+)
 from .engine import Engine, Request
 from .hooks import prepare
 from .models import SteerableModel
@@ -248,36 +256,6 @@ def measure_hook(model: SteerableModel, sae: SAE, s: Settings) -> tuple[float, d
         "layer": sae.hook.layer,
     }
     return ratio, details
-
-
-def measure_linear(s: Settings) -> dict[str, dict[str, float]]:
-    """Median µs of the model's Linear shapes at 1, 2 and 8 rows: on a CPU one row takes a GEMV
-    path and two or more a GEMM path, which is why a batch of 2 is far from free there."""
-    dev = torch.device(s.device)
-    shapes = {
-        f"{s.hidden}->{s.vocab} (lm_head)": (s.hidden, s.vocab),
-        f"{s.hidden}->{s.intermediate} (mlp up)": (s.hidden, s.intermediate),
-        f"{s.intermediate}->{s.hidden} (mlp down)": (s.intermediate, s.hidden),
-        f"{s.hidden}->{s.hidden} (attn proj)": (s.hidden, s.hidden),
-    }
-    out: dict[str, dict[str, float]] = {}
-    g = torch.Generator().manual_seed(2)
-    with torch.inference_mode():
-        for name, (i, o) in shapes.items():
-            w = torch.randn(o, i, generator=g).to(dev)
-            row = {}
-            for m in (1, 2, 8):
-                x = torch.randn(m, i, generator=g).to(dev)
-
-                def f(x: torch.Tensor = x, w: torch.Tensor = w) -> Any:
-                    y = torch.nn.functional.linear(x, w)
-                    sync_device(dev)
-                    return y
-
-                row[f"M={m}"] = 1e6 * per_call(f, blocks=5)
-            out[name] = row
-            log(f"[linear {name}] " + "  ".join(f"{k} {v:.0f}us" for k, v in row.items()))
-    return out
 
 
 def run(s: Settings, model: SteerableModel | None = None) -> dict[str, Any]:

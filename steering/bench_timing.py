@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from .bench_setup import Settings
+
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -67,3 +69,33 @@ def median(xs: Sequence[float]) -> float:
 def paired_ratio(base: Sequence[float], other: Sequence[float]) -> float:
     """Median over repeats of base time / other time (a speed ratio of ``other``)."""
     return statistics.median(b / o for b, o in zip(base, other))
+
+
+def measure_linear(s: Settings) -> dict[str, dict[str, float]]:
+    """Median µs of the model's Linear shapes at 1, 2 and 8 rows: on a CPU one row takes a GEMV
+    path and two or more a GEMM path, which is why a batch of 2 is far from free there."""
+    dev = torch.device(s.device)
+    shapes = {
+        f"{s.hidden}->{s.vocab} (lm_head)": (s.hidden, s.vocab),
+        f"{s.hidden}->{s.intermediate} (mlp up)": (s.hidden, s.intermediate),
+        f"{s.intermediate}->{s.hidden} (mlp down)": (s.intermediate, s.hidden),
+        f"{s.hidden}->{s.hidden} (attn proj)": (s.hidden, s.hidden),
+    }
+    out: dict[str, dict[str, float]] = {}
+    g = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        for name, (i, o) in shapes.items():
+            w = torch.randn(o, i, generator=g).to(dev)
+            row = {}
+            for m in (1, 2, 8):
+                x = torch.randn(m, i, generator=g).to(dev)
+
+                def f(x: torch.Tensor = x, w: torch.Tensor = w) -> Any:
+                    y = torch.nn.functional.linear(x, w)
+                    sync_device(dev)
+                    return y
+
+                row[f"M={m}"] = 1e6 * per_call(f, blocks=5)
+            out[name] = row
+            log(f"[linear {name}] " + "  ".join(f"{k} {v:.0f}us" for k, v in row.items()))
+    return out

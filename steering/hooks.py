@@ -261,7 +261,7 @@ class _Prepared:
             allow_generated[k] = e.positions in ("all", "generated")
             skip_special[k] = e.skip_special_tokens
         return cls(
-            sae=select_features(sae, features).to(device, torch.float32),
+            sae=sae.select(features).to(device, torch.float32),
             has_clamp=bool(is_clamp.any()),
             is_clamp=is_clamp.to(device),
             target=target.to(device),
@@ -270,35 +270,6 @@ class _Prepared:
             allow_generated=allow_generated.to(device),
             skip_special=skip_special.to(device),
         )
-
-
-def select_features(sae: SAE, features: Sequence[int]) -> SAE:
-    """A narrow SAE holding only ``features``: its full encode is the column-wise encode.
-
-    A TopK SAE becomes a ReLU SAE here (see ``SAE.encode_features`` for why).
-    """
-    from dataclasses import replace
-
-    idx = torch.tensor(list(features), dtype=torch.long, device=sae.device)
-
-    def pick(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t[idx]
-
-    return replace(
-        sae,
-        W_enc=sae.W_enc[:, idx],
-        b_enc=sae.b_enc[idx],
-        W_dec=sae.W_dec[idx],
-        threshold=pick(sae.threshold),
-        b_gate=pick(sae.b_gate),
-        r_mag=pick(sae.r_mag),
-        b_mag=pick(sae.b_mag),
-        max_activation=pick(sae.max_activation),
-        frequency=pick(sae.frequency),
-        labels={},
-        activation="relu" if sae.activation == "topk" else sae.activation,
-        k=None,
-    )
 
 
 def _group_by_hook(

@@ -17,10 +17,6 @@ def new_cache() -> DynamicCache:
     return DynamicCache()
 
 
-def length(cache: DynamicCache) -> int:
-    return cache.get_seq_length()
-
-
 def merge(
     a: DynamicCache, mask_a: Tensor, b: DynamicCache, mask_b: Tensor
 ) -> tuple[DynamicCache, Tensor]:

@@ -8,6 +8,7 @@ weights on load, so only per-token normalisations remain at run time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -39,7 +40,7 @@ class SAE:
     """A sparse autoencoder on the residual stream.
 
     ``encode``/``decode`` follow the format's own definition (used for analysis and tests);
-    steering uses ``encode_features``, which computes only the requested columns, so its cost
+    steering encodes a ``select``-ed SAE of the steered columns only, so its cost
     grows with the number of steered features and not with the SAE's width.
     """
 
@@ -159,21 +160,35 @@ class SAE:
 
     # ---- the column-wise path used by the steering hook ----
 
-    def encode_features(self, x: Tensor, idx: Tensor) -> Tensor:
-        """Activations of the features ``idx`` (K,) only: (..., d_in) -> (..., K).
+    def select(self, features: Sequence[int] | Tensor) -> SAE:
+        """A narrow SAE holding only ``features``: its full encode is the column-wise encode.
 
         Exact for ReLU, JumpReLU and gated SAEs. For TopK SAEs membership of the top k needs
-        the full encode, so a feature counts as active whenever its pre-activation is positive
-        (exact wherever the feature is in the top k, which it is where it fires strongly).
+        the full encode, so the narrow SAE is a ReLU SAE: a feature counts as active whenever
+        its pre-activation is positive (exact wherever the feature is in the top k, which it is
+        where it fires strongly).
         """
-        x_in = self._normalize(x.to(self.dtype))
-        if self.apply_b_dec_to_input:
-            x_in = x_in - self.b_dec
-        proj = x_in @ self.W_enc[:, idx]
-        if self.activation == "gated":
-            return self._gated(proj, *(t[idx] for t in (self.b_gate, self.r_mag, self.b_mag)))
-        threshold = self.threshold[idx] if self.threshold is not None else None
-        return self._activate(proj + self.b_enc[idx], threshold)
+        idx = torch.as_tensor(features, dtype=torch.long, device=self.device)
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[idx]
+
+        return replace(
+            self,
+            W_enc=self.W_enc[:, idx],
+            b_enc=self.b_enc[idx],
+            W_dec=self.W_dec[idx],
+            **{n: pick(getattr(self, n)) for n in ("threshold", "b_gate", "r_mag", "b_mag")},
+            max_activation=pick(self.max_activation),
+            frequency=pick(self.frequency),
+            labels={},
+            activation="relu" if self.activation == "topk" else self.activation,
+            k=None,
+        )
+
+    def encode_features(self, x: Tensor, idx: Sequence[int] | Tensor) -> Tensor:
+        """Activations of the features ``idx`` (K,) only: (..., d_in) -> (..., K)."""
+        return self.select(idx).encode(x)
 
     def token_scale(self, x: Tensor) -> Tensor:
         """(..., 1): how a unit of feature activation scales in residual units at each token

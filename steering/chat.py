@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import SteeringError
+from .errors import ChatError
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
 
-class ChatError(SteeringError):
-    """A chat history is malformed (unknown role, empty, not alternating)."""
+def flatten_content(content: Any) -> str:
+    """Message content as text. OpenAI and Gradio both allow a list of parts
+    (``[{"type": "text", "text": ...}, ...]``); only the text parts count. None is ''."""
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else content
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
@@ -35,6 +39,9 @@ def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
 
 
 def check_messages(messages: Sequence[Message]) -> list[Message]:
+    """The history as plain ``{"role", "content"}`` dicts, or a ``ChatError`` naming the first
+    bad message: roles from ``ROLES``, string content, a system message only first, and the
+    user's turn last."""
     if not messages:
         raise ChatError("a chat needs at least one message")
     out = []

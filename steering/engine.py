@@ -1,76 +1,36 @@
-"""The decode loop: prefill, then one token per step for a batch of rows with their own steering.
+"""The batch: prefill, then one token per step for rows with their own steering.
 
-A request has one row (a reply) or two (an A/B compare: steered and baseline). Rows of every
-running request share one batch and one KV cache; each row has its own steering plan, sampling
-settings and stop condition. Requests join between steps (prefilled on their own, then merged
-into the running cache) and finished or cancelled rows leave (continuous batching). The rows of
-a request share their random numbers, so a compare differs only where steering changes the
-distribution.
+Rows of every running request share one batch and one KV cache; each row has its own steering
+plan, sampling settings and stop condition. Requests join between steps (``admit``: prefilled
+on their own, then merged into the running cache) and finished or cancelled rows leave
+(``drop_finished``): continuous batching. The rows of a request share their random numbers, so
+a compare differs only where steering changes the distribution.
 
-The engine is single-threaded: ``Scheduler`` runs it on a thread and feeds it requests.
+A batch's steering is prepared once when requests join; rows that leave take their tables
+with them (``Steering.take_rows``), so nothing is rebuilt per step. The engine is
+single-threaded: ``steering.loop.EngineLoop`` runs it on a thread and feeds it requests.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import kv
-from .chat import Message, render_prompt
 from .hooks import Steering, attached, prepare
+from .limits import Limits
 from .models import SteerableModel
-from .plan import SteeringPlan
-from .sampling import Limits, RequestError, SamplingParams, make_generator, pick_tokens
+from .requests import Event, Request, Row
+from .sampling import block_tokens, make_generator, pick_tokens, seen_tokens, shared_noise
 from .textstream import TextStream
 
-_ids = itertools.count(1)
 
+class RequestState:
+    """A running request: its settings, its random generator and whether it was cancelled."""
 
-@dataclass(frozen=True)
-class Row:
-    """One reply to generate: its prompt tokens and its steering (None: unsteered)."""
-
-    prompt_ids: tuple[int, ...]
-    plan: SteeringPlan | None = None
-
-
-@dataclass
-class Request:
-    rows: tuple[Row, ...]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    id: int = field(default_factory=lambda: next(_ids))
-
-
-@dataclass(frozen=True)
-class Event:
-    """A piece of one row's reply. The last event of a row has a ``finish_reason``:
-    "stop" (EOS or a stop string), "length" (max_new_tokens) or "cancelled"."""
-
-    request_id: int
-    row: int
-    delta: str
-    token_id: int | None
-    finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class _Live:
-    """A row being generated: its position in the batch tables and its text so far."""
-
-    def __init__(self, request: _LiveRequest, index: int, row: Row, tokenizer: Any) -> None:
-        self.request, self.index, self.row = request, index, row
-        self.stream = TextStream(tokenizer, request.params.stop)
-        self.tokens: list[int] = []
-        self.finish: str | None = None
-
-
-class _LiveRequest:
     def __init__(self, request: Request) -> None:
         self.id = request.id
         self.params = request.sampling
@@ -78,63 +38,41 @@ class _LiveRequest:
         self.cancelled = False
 
 
-class Engine:
-    """Runs requests on one model. Not thread-safe: use it from one thread (see Scheduler)."""
+class RowState:
+    """A row in the batch: its request, its index in the request, its tokens and text."""
 
-    def __init__(
-        self, model: SteerableModel, *, limits: Limits = Limits(), max_batch: int = 16
-    ) -> None:
+    def __init__(self, request: RequestState, index: int, row: Row, tokenizer: Any) -> None:
+        self.request, self.index, self.row = request, index, row
+        self.stream = TextStream(tokenizer, request.params.stop)
+        self.tokens: list[int] = []
+        self.finish: str | None = None
+
+    @property
+    def context(self) -> list[int]:
+        return [*self.row.prompt_ids, *self.tokens]
+
+
+class Engine:
+    """Runs requests on one model. Not thread-safe: use it from one thread (see EngineLoop).
+
+    ``limits.max_batch`` is the most rows decoded together; requests are built (and checked
+    against ``limits``) with ``steering.requests.build_request``.
+    """
+
+    def __init__(self, model: SteerableModel, *, limits: Limits = Limits()) -> None:
         self.model = model
         self.tokenizer = model.tokenizer
         self.limits = limits
-        self.max_batch = max_batch
+        self.max_batch = limits.max_batch
         self.eos_ids = sorted(_eos_ids(model))
         specials = sorted(set(getattr(self.tokenizer, "all_special_ids", [])))
         self.special_ids = torch.tensor(specials, dtype=torch.long, device=model.device)
-        self.vocab = model.model.get_output_embeddings().weight.shape[0]
         self.device = model.device
-        self.live: list[_Live] = []
+        self.live: list[RowState] = []
         self.cache = kv.new_cache()
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (B, T)
         self.last = torch.zeros(0, dtype=torch.long, device=self.device)  # (B,) newest tokens
-        self._steering: Steering | None = None
-
-    # ---- building requests ----
-
-    def request(
-        self,
-        messages: Sequence[Message] | str,
-        plan: SteeringPlan | None = None,
-        sampling: SamplingParams | None = None,
-        *,
-        compare: bool = False,
-        baseline_messages: Sequence[Message] | None = None,
-    ) -> Request:
-        """A request for a reply to ``messages`` (a chat history, or one user message).
-
-        With ``compare`` it has two rows, steered and baseline; ``baseline_messages`` is the
-        baseline chat's own history when it differs (multi-turn A/B).
-        """
-        sampling = (sampling or SamplingParams()).validate(self.limits)
-        if plan is not None:
-            prepare(self.model, plan)  # a plan that does not fit fails here, not in the batch
-        steered = Row(self.encode_chat(messages), plan if plan and not plan.is_empty else None)
-        if not compare:
-            return Request((steered,), sampling)
-        baseline = Row(self.encode_chat(baseline_messages or messages))
-        return Request((steered, baseline), sampling)
-
-    def encode_chat(self, messages: Sequence[Message] | str) -> tuple[int, ...]:
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        ids = tuple(render_prompt(self.tokenizer, messages))
-        if len(ids) > self.limits.max_prompt_tokens:
-            raise RequestError(
-                f"the prompt has {len(ids)} tokens, at most {self.limits.max_prompt_tokens}"
-            )
-        return ids
-
-    # ---- running ----
+        self.steering: Steering | None = None  # of the whole batch, rows in ``live`` order
 
     def stream(self, request: Request) -> Iterator[Event]:
         """Run one request alone and yield its events; closing the iterator cancels it."""
@@ -146,72 +84,45 @@ class Engine:
             self.cancel(request.id)
             self.drop_finished()
 
-    def run_compare(
-        self, messages: Sequence[Message] | str, plan: SteeringPlan | None, sampling: SamplingParams
-    ) -> list[dict[str, Any]]:
-        """Both replies of an A/B compare, collected: [steered, baseline]."""
-        replies = [{"text": "", "finish_reason": None, "completion_tokens": 0} for _ in range(2)]
-        for event in self.stream(self.request(messages, plan, sampling, compare=True)):
-            reply = replies[event.row]
-            reply["text"] += event.delta
-            reply["finish_reason"] = event.finish_reason or reply["finish_reason"]
-            reply["completion_tokens"] = event.completion_tokens
-        return replies
-
     def admit(self, requests: Sequence[Request]) -> list[Event]:
         """Prefill ``requests`` together, pick their first tokens, and merge them into the batch."""
-        live: list[_Live] = []
+        new: list[RowState] = []
         for request in requests:
-            lr = _LiveRequest(request)
-            live += [_Live(lr, i, row, self.tokenizer) for i, row in enumerate(request.rows)]
-        prompts = [row.row.prompt_ids for row in live]
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor(
-            [[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device
-        )
-        mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
-        )
+            state = RequestState(request)
+            new += [RowState(state, i, row, self.tokenizer) for i, row in enumerate(request.rows)]
+        old = len(self.live)
+        batch = prepare(self.model, [r.row.plan for r in [*self.live, *new]], special_token_ids=[])
+        prefill = batch.take_rows(range(old, old + len(new))) if old else batch
+        prompts = [r.row.prompt_ids for r in new]
+        ids, mask = self._left_padded(prompts)
+        if prefill.needs_positions:
+            prefill.set_positions(torch.zeros_like(ids, dtype=torch.bool), self._special(ids))
         cache = kv.new_cache()
-        steering = prepare(self.model, [r.row.plan for r in live], special_token_ids=[])
-        if steering.needs_positions:
-            steering.set_positions(torch.zeros_like(ids, dtype=torch.bool), self._special(ids))
-        logits = self._forward(
-            steering, ids, mask, cache, positions=(mask.cumsum(-1) - 1).clamp(min=0)
-        )
-        events = self._pick(live, logits, prompt_ids=prompts)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self._forward(prefill, ids, mask, cache, positions)
+        events = self._pick(new, logits)
         if self.live:
             self.cache, self.mask = kv.merge(self.cache, self.mask, cache, mask)
         else:
             self.cache, self.mask = cache, mask
-        self.live += live
-        self.last = torch.cat(
-            [
-                self.last,
-                torch.tensor([r.tokens[-1] if r.tokens else pad for r in live], device=self.device),
-            ]
-        )
-        self._steering = None  # the batch changed: steering is prepared again
+        self.live += new
+        self.last = torch.cat([self.last, self._newest(new)])
+        self.steering = batch
         return events + self.drop_finished()
 
     def step(self) -> list[Event]:
         """One decode step for every live row."""
         cancelled = self.drop_finished()
-        if not self.live:
+        if not self.live or self.steering is None:
             return cancelled
-        if self._steering is None:
-            self._steering = prepare(
-                self.model, [r.row.plan for r in self.live], special_token_ids=[]
-            )
         ids = self.last[:, None]
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
-        if self._steering.needs_positions:
-            self._steering.set_positions(torch.ones_like(ids, dtype=torch.bool), self._special(ids))
+        if self.steering.needs_positions:
+            self.steering.set_positions(torch.ones_like(ids, dtype=torch.bool), self._special(ids))
         positions = self.mask.sum(-1, keepdim=True) - 1
-        logits = self._forward(self._steering, ids, self.mask, self.cache, positions=positions)
+        logits = self._forward(self.steering, ids, self.mask, self.cache, positions)
         events = cancelled + self._pick(self.live, logits)
-        self.last = torch.tensor([r.tokens[-1] for r in self.live], device=self.device)
+        self.last = self._newest(self.live)
         self.drop_finished()
         return events
 
@@ -221,7 +132,7 @@ class Engine:
                 row.request.cancelled = True
 
     def drop_finished(self) -> list[Event]:
-        """Remove finished and cancelled rows from the batch and its cache."""
+        """Remove finished and cancelled rows from the batch, its cache and its steering."""
         events = [
             self._finish(r, "cancelled") for r in self.live if r.request.cancelled and not r.finish
         ]
@@ -231,7 +142,7 @@ class Engine:
             self.cache, self.mask = kv.select(self.cache, self.mask, rows)
             self.last = self.last[rows]
             self.live = [self.live[i] for i in keep]
-            self._steering = None
+            self.steering = self.steering.take_rows(keep) if self.steering and keep else None
         return events
 
     # ---- steps ----
@@ -239,6 +150,7 @@ class Engine:
     def _forward(
         self, steering: Steering, ids: Tensor, mask: Tensor, cache: Any, positions: Tensor
     ) -> Tensor:
+        """Logits of the last position of each row: (B, V) float32."""
         with torch.inference_mode(), attached(steering):
             out = self.model.model(
                 input_ids=ids,
@@ -248,22 +160,24 @@ class Engine:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        return out.logits[:, -1].float()  # (B, V)
+        return out.logits[:, -1].float()
 
-    def _pick(
-        self, rows: list[_Live], logits: Tensor, prompt_ids: list[tuple[int, ...]] | None = None
-    ) -> list[Event]:
-        noise = self._noise(rows, logits.shape[-1])
+    def _pick(self, rows: list[RowState], logits: Tensor) -> list[Event]:
+        """Sample each row's next token and turn it into the row's event."""
+        vocab = logits.shape[-1]
         params = [r.request.params for r in rows]
-        seen = (
-            self._seen(rows, prompt_ids, logits.shape[-1])
-            if any(p.repetition_penalty != 1.0 for p in params)
-            else None
+        noise = shared_noise(
+            [
+                (r.request.id, None if p.greedy else r.request.generator)
+                for r, p in zip(rows, params)
+            ],
+            vocab,
+            self.device,
         )
+        penalized = any(p.repetition_penalty != 1.0 for p in params)
+        seen = seen_tokens([r.context for r in rows], vocab, self.device) if penalized else None
         early = [i for i, r in enumerate(rows) if len(r.tokens) < r.request.params.min_new_tokens]
-        if early and self.eos_ids:  # EOS may not end a reply before min_new_tokens
-            logits = logits.clone()  # the forward's output is an inference-mode tensor
-            logits[torch.tensor(early)[:, None], torch.tensor(self.eos_ids)] = float("-inf")
+        logits = block_tokens(logits, early, self.eos_ids)  # EOS may not end a reply yet
         tokens = pick_tokens(logits, noise, params, seen).tolist()
         events = []
         for r, token in zip(rows, tokens):
@@ -271,7 +185,7 @@ class Engine:
             events.append(self._advance(r, token))
         return events
 
-    def _advance(self, r: _Live, token: int) -> Event:
+    def _advance(self, r: RowState, token: int) -> Event:
         n, params = len(r.tokens), r.request.params
         if token in self.eos_ids:
             return self._finish(r, "stop")
@@ -282,31 +196,25 @@ class Engine:
             return self._finish(r, "length", delta + r.stream.flush())
         return Event(r.request.id, r.index, delta, token, None, len(r.row.prompt_ids), n)
 
-    def _finish(self, r: _Live, reason: str, delta: str = "") -> Event:
+    def _finish(self, r: RowState, reason: str, delta: str = "") -> Event:
         r.finish = reason
         token = r.tokens[-1] if r.tokens else None
         return Event(
             r.request.id, r.index, delta, token, reason, len(r.row.prompt_ids), len(r.tokens)
         )
 
-    def _noise(self, rows: list[_Live], vocab: int) -> Tensor | None:
-        """One uniform vector per request per step, shared by the request's rows."""
-        drawn: dict[int, Tensor] = {}
-        for r in rows:
-            if r.request.id not in drawn and not r.request.params.greedy:
-                drawn[r.request.id] = torch.rand(vocab, generator=r.request.generator)
-        if not drawn:
-            return None  # every row is greedy
-        fill = torch.full((vocab,), 0.5)
-        return torch.stack([drawn.get(r.request.id, fill) for r in rows]).to(self.device)
+    def _left_padded(self, prompts: list[tuple[int, ...]]) -> tuple[Tensor, Tensor]:
+        """(B, T) ids and attention mask of ``prompts``, right-aligned."""
+        width = max(map(len, prompts))
+        pad = self.tokenizer.pad_token_id or 0
+        ids = [[pad] * (width - len(p)) + list(p) for p in prompts]
+        mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+        return torch.tensor(ids, device=self.device), torch.tensor(mask, device=self.device)
 
-    def _seen(
-        self, rows: list[_Live], prompt_ids: list[tuple[int, ...]] | None, vocab: int
-    ) -> Tensor:
-        seen = torch.zeros(len(rows), vocab, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            seen[i, list(r.row.prompt_ids) + r.tokens] = True
-        return seen.to(self.device)
+    def _newest(self, rows: list[RowState]) -> Tensor:
+        """(B,) each row's newest token (the pad id for a row that has none yet)."""
+        pad = self.tokenizer.pad_token_id or 0
+        return torch.tensor([r.tokens[-1] if r.tokens else pad for r in rows], device=self.device)
 
     def _special(self, ids: Tensor) -> Tensor:
         return torch.isin(ids, self.special_ids)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, PlanError, SteeringError
+
+if TYPE_CHECKING:
+    from .plan import SteeringPlan
 
 # Where each architecture keeps its decoder layers, most common first. "{i}" is the layer index.
 LAYER_TEMPLATES = (
@@ -23,13 +26,18 @@ LAYER_TEMPLATES = (
     "model.decoder.layers.{i}",  # OPT
 )
 
+# The one table of dtype names, for models, SAEs and their config files.
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
+    "float": torch.float32,
     "float16": torch.float16,
     "fp16": torch.float16,
+    "half": torch.float16,
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
+    "float64": torch.float64,
+    "double": torch.float64,
 }
 
 
@@ -53,6 +61,32 @@ class SteerableModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def name(self) -> str:
+        """The Hub id or folder the model was loaded from ('' when unknown)."""
+        config = getattr(self.model, "config", None)
+        return getattr(self.model, "name_or_path", "") or getattr(config, "_name_or_path", "") or ""
+
+    def fit_problems(self, layer: int, d_in: int) -> list[tuple[str, int, str]]:
+        """Why an SAE at decoder layer ``layer`` with input width ``d_in`` cannot steer this
+        model, as (field, value, reason) triples ([] when it fits): the one check for plans,
+        presets and the server."""
+        problems = []
+        if not 0 <= layer < self.num_layers:
+            reason = f"but the model has {self.num_layers} layers (valid: 0..{self.num_layers - 1})"
+            problems.append(("layer", layer, reason))
+        if d_in != self.hidden_size:
+            problems.append(("d_in", d_in, f"but the model's hidden size is {self.hidden_size}"))
+        return problems
+
+    def check_plan(self, plan: SteeringPlan | None) -> None:
+        """Raise ``PlanError`` when an SAE of ``plan`` does not fit this model; builds nothing."""
+        for sae in {id(e.sae): e.sae for e in (plan.active_edits if plan else ())}.values():
+            problems = self.fit_problems(sae.hook.layer, sae.d_in)
+            if problems:
+                reasons = "; ".join(f"{field}={value}, {why}" for field, value, why in problems)
+                raise PlanError(f"{sae.name} does not fit this model: {reasons}")
 
 
 def load_model(
@@ -110,6 +144,11 @@ def find_layers(model: nn.Module, template: str | None = None) -> tuple[list[nn.
     )
 
 
+def short_name(name: str) -> str:
+    """The last segment of a Hub id or path: google/gemma-2-2b-it -> gemma-2-2b-it."""
+    return name.strip().rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def hidden_size(model: nn.Module) -> int:
     config = getattr(model, "config", None)
     text_config = getattr(config, "text_config", None) or config
@@ -120,12 +159,16 @@ def hidden_size(model: nn.Module) -> int:
     return model.get_input_embeddings().weight.shape[1]  # type: ignore[operator,union-attr]
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+def resolve_dtype(
+    dtype: str | torch.dtype | None, *, error: type[SteeringError] = ModelLoadError
+) -> torch.dtype | None:
+    """``torch.bfloat16``, ``"bfloat16"``, ``"bf16"`` or ``"torch.bfloat16"`` -> the dtype;
+    None stays None. Raises ``error`` naming the valid names for anything else."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    key = dtype.removeprefix("torch.")
+    key = str(dtype).removeprefix("torch.")
     if key not in DTYPES:
-        raise ModelLoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        raise error(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     return DTYPES[key]
 
 

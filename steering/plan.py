@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .errors import PlanError
-from .sae import SAE
+
+if TYPE_CHECKING:  # the plan's types stay torch-free for the preset schema and the CLI
+    from .sae import SAE
 
 Mode = Literal["clamp", "add", "ablate"]
 Unit = Literal["raw", "max_act"]
@@ -90,9 +92,19 @@ class SteeringPlan:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "edits", tuple(self.edits))
+        fixed: set[tuple[int, int]] = set()  # (SAE, feature) pairs a clamp or ablation sets
         for edit in self.edits:
             if not isinstance(edit, FeatureEdit):
                 raise PlanError(f"a plan holds FeatureEdit values, got {type(edit).__name__}")
+            if edit.mode == "add":
+                continue
+            key = (id(edit.sae), edit.feature)
+            if key in fixed:  # two targets for one activation: neither would hold
+                raise PlanError(
+                    f"feature {edit.feature} of {edit.sae.name} is clamped twice in one plan; "
+                    "keep one clamp per feature"
+                )
+            fixed.add(key)
 
     @classmethod
     def off(cls) -> SteeringPlan:
@@ -116,13 +128,6 @@ class SteeringPlan:
 
     def __add__(self, other: SteeringPlan) -> SteeringPlan:
         return SteeringPlan(self.edits + other.edits)
-
-    @property
-    def saes(self) -> tuple[SAE, ...]:
-        seen: dict[int, SAE] = {}
-        for edit in self.edits:
-            seen.setdefault(id(edit.sae), edit.sae)
-        return tuple(seen.values())
 
 
 def clamp(sae: SAE, feature: int, value: float, **kwargs: object) -> SteeringPlan:

@@ -16,23 +16,12 @@ import torch
 from torch import Tensor
 
 from .errors import PlanError, SAELoadError
+from .hookpoint import HookPoint
 
 Activation = Literal["relu", "jumprelu", "topk", "gated"]
 Normalization = Literal["none", "layer_norm", "constant_norm_rescale"]
-Site = Literal["resid_post", "resid_pre"]
 
 LAYER_NORM_EPS = 1e-5  # SAELens and OpenAI use this epsilon for layer_norm inputs
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    """Where an SAE reads the residual stream: after decoder layer ``layer`` or before it."""
-
-    layer: int
-    site: Site = "resid_post"
-
-    def __str__(self) -> str:
-        return f"blocks.{self.layer}.hook_{self.site}"
 
 
 @dataclass(eq=False)
@@ -134,12 +123,12 @@ class SAE:
             x_in = x_in - self.b_dec
         pre = x_in @ self.W_enc + self.b_enc
         if self.activation == "gated":
-            return self._gated(x_in @ self.W_enc, self.b_gate, self.r_mag, self.b_mag)
+            return self._gated(x_in @ self.W_enc)
         if self.activation == "topk":
             assert self.k is not None
             top = pre.topk(self.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-        return self._activate(pre, self.threshold)
+        return self._activate(pre)
 
     def decode(self, f: Tensor, x: Tensor | None = None) -> Tensor:
         """Reconstruction from features ``f`` (..., d_sae) -> (..., d_in).
@@ -211,16 +200,14 @@ class SAE:
             return x / self.token_scale(x)
         return x
 
-    def _activate(self, pre: Tensor, threshold: Tensor | None) -> Tensor:
+    def _activate(self, pre: Tensor) -> Tensor:
         if self.activation == "jumprelu":
-            assert threshold is not None
-            return pre.relu() * (pre > threshold)
+            return pre.relu() * (pre > self.threshold)
         return pre.relu()
 
-    @staticmethod
-    def _gated(proj: Tensor, b_gate: Tensor, r_mag: Tensor, b_mag: Tensor) -> Tensor:
-        gate = (proj + b_gate) > 0
-        return gate * (proj * r_mag.exp() + b_mag).relu()
+    def _gated(self, proj: Tensor) -> Tensor:
+        gate = (proj + self.b_gate) > 0
+        return gate * (proj * self.r_mag.exp() + self.b_mag).relu()
 
     # ---- features and units ----
 

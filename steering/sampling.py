@@ -10,26 +10,14 @@ same tokens as the same request sampled alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .errors import SteeringError
-
-
-class RequestError(SteeringError):
-    """A request's settings are out of range; the message names the setting and its bounds."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Server-side bounds on what a request may ask for."""
-
-    max_new_tokens: int = 512
-    max_prompt_tokens: int = 4096
-    max_stop_strings: int = 8
-    max_stop_length: int = 64
+from .errors import LimitError, RequestError
+from .limits import Limits
 
 
 @dataclass(frozen=True)
@@ -49,7 +37,7 @@ class SamplingParams:
         """Return self, or raise RequestError naming the bad setting and the valid range."""
         _check("temperature", self.temperature, 0.0, 5.0)
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise RequestError(f"top_p {self.top_p!r} must be in (0, 1]")
+            raise RequestError(f"top_p {self.top_p!r} must be in (0, 1]", param="top_p")
         _check_int("top_k", self.top_k, 0, 1_000_000)
         _check("repetition_penalty", self.repetition_penalty, 0.01, 10.0, open_low=True)
         _check_int("max_new_tokens", self.max_new_tokens, 1, limits.max_new_tokens)
@@ -58,15 +46,16 @@ class SamplingParams:
             _check_int("seed", self.seed, 0, 2**63 - 1)
         stops = self.stop
         if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
-            raise RequestError(f"stop {stops!r} must be a list of non-empty strings")
+            raise RequestError(f"stop {stops!r} must be a list of non-empty strings", param="stop")
         if len(stops) > limits.max_stop_strings:
-            raise RequestError(
-                f"{len(stops)} stop strings given, at most {limits.max_stop_strings}"
+            raise LimitError(
+                f"{len(stops)} stop strings given, at most {limits.max_stop_strings}", param="stop"
             )
         for s in stops:
             if len(s) > limits.max_stop_length:
-                raise RequestError(
-                    f"stop string of {len(s)} characters, at most {limits.max_stop_length}"
+                raise LimitError(
+                    f"stop string of {len(s)} characters, at most {limits.max_stop_length}",
+                    param="stop",
                 )
         return self
 
@@ -81,12 +70,51 @@ def _check(name: str, value: object, low: float, high: float, open_low: bool = F
         ok = (low < value if open_low else low <= value) and value <= high  # type: ignore[operator]
     if not ok:
         bracket = "(" if open_low else "["
-        raise RequestError(f"{name} {value!r} must be a number in {bracket}{low}, {high}]")
+        raise RequestError(
+            f"{name} {value!r} must be a number in {bracket}{low}, {high}]", param=name
+        )
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise RequestError(f"{name} {value!r} must be an integer in [{low}, {high}]")
+        raise RequestError(f"{name} {value!r} must be an integer in [{low}, {high}]", param=name)
+
+
+def shared_noise(
+    rows: Sequence[tuple[int, torch.Generator | None]], vocab: int, device: torch.device
+) -> Tensor | None:
+    """(B, V) uniform noise for one step: one draw per request, shared by its rows.
+
+    ``rows`` gives each batch row's request id and its request's generator (None for a greedy
+    request, which draws nothing). None when every row is greedy.
+    """
+    drawn: dict[int, Tensor] = {}
+    for request_id, generator in rows:
+        if generator is not None and request_id not in drawn:
+            drawn[request_id] = torch.rand(vocab, generator=generator)
+    if not drawn:
+        return None
+    fill = torch.full((vocab,), 0.5)
+    return torch.stack([drawn.get(request_id, fill) for request_id, _ in rows]).to(device)
+
+
+def seen_tokens(contexts: Sequence[Sequence[int]], vocab: int, device: torch.device) -> Tensor:
+    """(B, V) bool: the tokens in each row's context (prompt and reply so far), for the
+    repetition penalty."""
+    seen = torch.zeros(len(contexts), vocab, dtype=torch.bool)
+    for i, ids in enumerate(contexts):
+        seen[i, list(ids)] = True
+    return seen.to(device)
+
+
+def block_tokens(logits: Tensor, rows: Sequence[int], token_ids: Sequence[int]) -> Tensor:
+    """``logits`` (B, V) with ``token_ids`` made impossible in ``rows`` (for min_new_tokens:
+    EOS may not end a reply early). Returns a new tensor when anything is blocked."""
+    if not rows or not token_ids:
+        return logits
+    logits = logits.clone()  # the forward's output is an inference-mode tensor
+    logits[torch.tensor(list(rows))[:, None], torch.tensor(list(token_ids))] = float("-inf")
+    return logits
 
 
 def make_generator(seed: int | None) -> torch.Generator:

@@ -16,9 +16,10 @@ from random_saes import random_sae
 from tiny_models import HIDDEN, tiny_model, tiny_tokenizer
 
 from steering.formats.writer import save_sae
+from steering.limits import Limits
 from steering.models import SteerableModel, find_layers
-from steering.preset_registry import PresetRegistry
-from steering.serving import ServerLimits, Service
+from steering.presets.library import PresetRegistry
+from steering.serve import Service
 
 PRESET_NAME = "Golden Gate Bridge"
 FEATURE = 3
@@ -51,7 +52,7 @@ def golden_gate_preset(value: float = 10.0) -> dict:
     }
 
 
-def tiny_service(root: Path, limits: ServerLimits = ServerLimits()) -> Service:
+def tiny_service(root: Path, limits: Limits = Limits()) -> Service:
     from steering.formats import load_sae
 
     sae_dir, presets = write_files(root)
@@ -77,7 +78,7 @@ class LiveServer:
 
 
 def start_server(service: Service, page: bool = True) -> LiveServer:
-    from steering.server import create_app
+    from steering.serve.app import create_app
 
     port = free_port()
     config = uvicorn.Config(

@@ -10,7 +10,7 @@ import openai
 import pytest
 from live_server import FEATURE, PRESET_NAME, golden_gate_preset, start_server, tiny_service
 
-from steering.serving import ServerLimits
+from steering.limits import Limits
 
 PROMPT = [{"role": "user", "content": "hello how are you"}]
 GREEDY = {"temperature": 0, "max_tokens": 10}
@@ -18,7 +18,7 @@ GREEDY = {"temperature": 0, "max_tokens": 10}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    limits = ServerLimits(max_new_tokens=64, max_edits=4, max_multiple=50)
+    limits = Limits(max_new_tokens=64, max_edits=4, max_multiple=50)
     live = start_server(tiny_service(tmp_path_factory.mktemp("api"), limits))
     yield live
     live.stop()

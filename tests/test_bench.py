@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-from steering import bench
+import steering.bench.__main__ as bench_main
+from steering.bench import measure as bench
+from steering.bench.setup import Settings
 
 TINY = dict(
     hidden=64,
@@ -20,7 +22,7 @@ TINY = dict(
 
 
 def test_quick_bench_on_a_tiny_model_writes_every_ratio(tmp_path, capsys):
-    settings = bench.Settings.quick(**TINY, new_tokens=4, users_new_tokens=3, warmup_tokens=2)
+    settings = Settings.quick(**TINY, new_tokens=4, users_new_tokens=3, warmup_tokens=2)
     result = bench.run(settings)
     bench.check(result)
     out = tmp_path / "bench.json"
@@ -53,10 +55,10 @@ def test_main_parses_flags_and_writes_the_file(tmp_path, monkeypatch):
         ratios = {k: 1.0 for k in (*bench.KEYS, "steer_overhead_1", "steer_overhead_8")}
         return {**ratios, "details": _fake_details()}
 
-    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(bench_main, "run", fake_run)
     out = tmp_path / "r.json"
     argv = ["--quick", "--repeats", "3", "--new-tokens", "5", "--out", str(out)]
-    assert bench.main(argv) == 0
+    assert bench_main.main(argv) == 0
     assert runs[0].repeats == 3 and runs[0].new_tokens == 5
     assert json.loads(out.read_text())["ab_vs_single"] == 1.0
 

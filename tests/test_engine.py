@@ -9,9 +9,13 @@ from tiny_models import HIDDEN, tiny_model, tiny_tokenizer
 
 from steering import FeatureEdit, SteeringPlan, clamp, count_hooks
 from steering.engine import Engine
+from steering.errors import RequestError
+from steering.limits import Limits
 from steering.models import SteerableModel, find_layers
-from steering.sampling import Limits, RequestError, SamplingParams
+from steering.requests import build_request
+from steering.sampling import SamplingParams
 
+VOCAB = 128  # the tiny models' vocabulary
 SAMPLED = SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=16, seed=7)
 GREEDY = SamplingParams(temperature=0, max_new_tokens=16)
 
@@ -20,6 +24,11 @@ def make_engine(arch="llama", **kwargs) -> Engine:
     model = tiny_model(arch)
     layers, template = find_layers(model)
     return Engine(SteerableModel(model, tiny_tokenizer(), layers, template), **kwargs)
+
+
+def make_request(engine, messages, plan=None, sampling=None, **kwargs):
+    """A request built with the engine's model and limits."""
+    return build_request(engine.model, messages, plan, sampling, limits=engine.limits, **kwargs)
 
 
 def tokens(events, row=0):
@@ -36,9 +45,11 @@ def strong_plan(layer=1, value=25.0, **edit):
 def test_ab_baseline_row_equals_solo_baseline_with_sampling(arch):
     engine = make_engine(arch)
     compare = list(
-        engine.stream(engine.request("hello how are you", strong_plan(), SAMPLED, compare=True))
+        engine.stream(
+            make_request(engine, "hello how are you", strong_plan(), SAMPLED, compare=True)
+        )
     )
-    solo = list(engine.stream(engine.request("hello how are you", None, SAMPLED)))
+    solo = list(engine.stream(make_request(engine, "hello how are you", None, SAMPLED)))
     assert tokens(compare, row=1) == tokens(solo)
     assert tokens(compare, row=0) != tokens(compare, row=1)  # the steering changed the reply
     assert count_hooks(engine.model.model) == 0
@@ -47,7 +58,9 @@ def test_ab_baseline_row_equals_solo_baseline_with_sampling(arch):
 def test_zero_strength_compare_gives_identical_rows():
     engine = make_engine()
     plan = strong_plan().scaled(0)
-    events = list(engine.stream(engine.request("the cat is big", plan, SAMPLED, compare=True)))
+    events = list(
+        engine.stream(make_request(engine, "the cat is big", plan, SAMPLED, compare=True))
+    )
     assert tokens(events, 0) == tokens(events, 1) and len(tokens(events, 0)) > 1
 
 
@@ -55,8 +68,11 @@ def test_same_seed_same_reply_different_seed_different_reply():
     engine = make_engine()
     run = lambda seed: tokens(
         engine.stream(
-            engine.request(  # noqa: E731
-                "hello", None, SamplingParams(temperature=1.0, max_new_tokens=12, seed=seed)
+            make_request(
+                engine,  # noqa: E731
+                "hello",
+                None,
+                SamplingParams(temperature=1.0, max_new_tokens=12, seed=seed),
             )
         )
     )
@@ -67,9 +83,9 @@ def test_same_seed_same_reply_different_seed_different_reply():
 @pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])
 def test_greedy_matches_transformers_generate(arch):
     engine = make_engine(arch)
-    request = engine.request("hello how are you", None, GREEDY)
-    ids = torch.tensor([request.rows[0].prompt_ids])
-    ours = tokens(engine.stream(request))
+    req = make_request(engine, "hello how are you", None, GREEDY)
+    ids = torch.tensor([req.rows[0].prompt_ids])
+    ours = tokens(engine.stream(req))
     reference = engine.model.model.generate(
         ids,
         attention_mask=torch.ones_like(ids),
@@ -95,7 +111,7 @@ def test_steering_reaches_generated_tokens():
 
     engine._forward = recording
     plan = strong_plan(positions="generated")
-    list(engine.stream(engine.request("hello how are you", plan, GREEDY, compare=True)))
+    list(engine.stream(make_request(engine, "hello how are you", plan, GREEDY, compare=True)))
     prefill, first_step = seen[0], seen[1]
     assert torch.equal(prefill[0], prefill[1])
     assert (first_step[0] - first_step[1]).abs().max() > 1e-3
@@ -103,13 +119,13 @@ def test_steering_reaches_generated_tokens():
 
 def test_closing_the_stream_cancels_and_removes_hooks():
     engine = make_engine()
-    stream = engine.stream(engine.request("hello", strong_plan(), GREEDY, compare=True))
+    stream = engine.stream(make_request(engine, "hello", strong_plan(), GREEDY, compare=True))
     next(stream), next(stream)
     stream.close()
     assert engine.live == [] and count_hooks(engine.model.model) == 0
     # the next request is unaffected by the cancelled one
-    after = tokens(engine.stream(engine.request("hello", None, GREEDY)))
-    assert after == tokens(make_engine().stream(make_engine().request("hello", None, GREEDY)))
+    after = tokens(engine.stream(make_request(engine, "hello", None, GREEDY)))
+    assert after == tokens(make_engine().stream(make_request(make_engine(), "hello", None, GREEDY)))
 
 
 def test_requests_joining_a_running_batch_get_their_solo_replies():
@@ -121,10 +137,10 @@ def test_requests_joining_a_running_batch_get_their_solo_replies():
         for t, n, s in ((0, 10, 0), (1.0, 14, 1), (0.7, 6, 2), (1.3, 12, 3))
     ]
     solo = [
-        tokens(engine.stream(engine.request(p, plan, sp)))
+        tokens(engine.stream(make_request(engine, p, plan, sp)))
         for p, plan, sp in zip(prompts, plans, params)
     ]
-    requests = [engine.request(p, plan, sp) for p, plan, sp in zip(prompts, plans, params)]
+    requests = [make_request(engine, p, plan, sp) for p, plan, sp in zip(prompts, plans, params)]
     events = engine.admit(requests[:2])
     for i in range(2, 4):  # the others arrive while the first two decode
         events += engine.step() + engine.step()
@@ -153,20 +169,20 @@ def test_requests_joining_a_running_batch_get_their_solo_replies():
 def test_bad_sampling_values_are_refused_and_the_engine_keeps_serving(bad, message):
     engine = make_engine(limits=Limits(max_new_tokens=64))
     with pytest.raises(RequestError, match=message):
-        engine.request("hello", None, SamplingParams(**{"max_new_tokens": 16, **bad}))
-    assert len(tokens(engine.stream(engine.request("hello", None, GREEDY)))) == 16
+        make_request(engine, "hello", None, SamplingParams(**{"max_new_tokens": 16, **bad}))
+    assert len(tokens(engine.stream(make_request(engine, "hello", None, GREEDY)))) == 16
 
 
 def test_prompt_length_limit():
     engine = make_engine(limits=Limits(max_prompt_tokens=5))
     with pytest.raises(RequestError, match="the prompt has 8 tokens, at most 5"):
-        engine.request("hello how are you", None, GREEDY)
+        make_request(engine, "hello how are you", None, GREEDY)
 
 
 def test_stop_strings_and_eos_end_a_row():
     engine = make_engine()
     free = engine.stream(
-        engine.request("hello", None, SamplingParams(temperature=0, max_new_tokens=30))
+        make_request(engine, "hello", None, SamplingParams(temperature=0, max_new_tokens=30))
     )
     text = "".join(e.delta for e in free)
     words = text.split()
@@ -174,8 +190,11 @@ def test_stop_strings_and_eos_end_a_row():
     stop = words[2]
     events = list(
         engine.stream(
-            engine.request(
-                "hello", None, SamplingParams(temperature=0, max_new_tokens=30, stop=(stop,))
+            make_request(
+                engine,
+                "hello",
+                None,
+                SamplingParams(temperature=0, max_new_tokens=30, stop=(stop,)),
             )
         )
     )
@@ -186,7 +205,9 @@ def test_stop_strings_and_eos_end_a_row():
 
 def test_clamp_with_kv_cache_generation_differs_from_prompt_only():
     engine = make_engine()
-    run = lambda plan: tokens(engine.stream(engine.request("hello how are you", plan, GREEDY)))  # noqa: E731
+    run = lambda plan: tokens(
+        engine.stream(make_request(engine, "hello how are you", plan, GREEDY))
+    )  # noqa: E731
     sae = random_sae(HIDDEN, 32, layer=1)
     every = run(clamp(sae, 3, 25.0))
     prompt_only = run(clamp(sae, 3, 25.0, positions="prompt"))
@@ -206,24 +227,31 @@ def test_multi_turn_compare_keeps_separate_histories():
         {"role": "assistant", "content": "i am fine"},
         {"role": "user", "content": "how are you"},
     ]
-    request = engine.request(
-        steered_history, strong_plan(), SAMPLED, compare=True, baseline_messages=baseline_history
+    req = make_request(
+        engine,
+        steered_history,
+        strong_plan(),
+        SAMPLED,
+        compare=True,
+        baseline_messages=baseline_history,
     )
-    assert request.rows[0].prompt_ids != request.rows[1].prompt_ids
-    events = list(engine.stream(request))
-    solo_baseline = tokens(engine.stream(engine.request(baseline_history, None, SAMPLED)))
+    assert req.rows[0].prompt_ids != req.rows[1].prompt_ids
+    events = list(engine.stream(req))
+    solo_baseline = tokens(engine.stream(make_request(engine, baseline_history, None, SAMPLED)))
     assert tokens(events, row=1) == solo_baseline
 
 
 def test_min_new_tokens_keeps_eos_away():
     engine = make_engine()
     eos = engine.tokenizer.eos_token_id
-    free = tokens(engine.stream(engine.request("hello", None, GREEDY)))
+    free = tokens(engine.stream(make_request(engine, "hello", None, GREEDY)))
     # make EOS the model's favourite token, so only min_new_tokens can hold it off
-    engine.model.model.lm_head.bias = torch.nn.Parameter(torch.zeros(engine.vocab))
+    engine.model.model.lm_head.bias = torch.nn.Parameter(
+        torch.zeros(engine.model.model.config.vocab_size)
+    )
     engine.model.model.lm_head.bias.data[eos] = 100.0
-    assert tokens(engine.stream(engine.request("hello", None, GREEDY))) == [eos]
+    assert tokens(engine.stream(make_request(engine, "hello", None, GREEDY))) == [eos]
     held = SamplingParams(temperature=0, max_new_tokens=6, min_new_tokens=4)
-    events = list(engine.stream(engine.request("hello", None, held)))
+    events = list(engine.stream(make_request(engine, "hello", None, held)))
     assert [e.token_id for e in events][-1] == eos and len(events) == 5
     assert eos not in [e.token_id for e in events][:4] and len(free) == 16

@@ -310,7 +310,7 @@ def test_layer_out_of_range():
     model = tiny_model("gemma2")
     sae = random_sae(HIDDEN, 32, layer=LAYERS)
     with (
-        pytest.raises(PlanError, match=rf"layer {LAYERS}.*valid: 0\.\.{LAYERS - 1}"),
+        pytest.raises(PlanError, match=rf"layer={LAYERS}.*valid: 0\.\.{LAYERS - 1}"),
         steer(model, clamp(sae, 1, 1.0)),
     ):
         pass

@@ -17,39 +17,43 @@ from hypothesis import strategies as st
 from random_saes import random_sae
 from tiny_models import HIDDEN, LAYERS, tiny_model, tiny_tokenizer
 
-import steering.presets as presets_module
+import steering.presets.schema as presets_module
 from steering.cli import main
+from steering.errors import PresetError
 from steering.formats import FORMATS
 from steering.formats.writer import save_sae
 from steering.hooks import prepare, steer
+from steering.limits import Limits
 from steering.models import SteerableModel, find_layers
 from steering.plan import FeatureEdit
-from steering.preset_plans import PresetLimits, compose, to_plan
-from steering.preset_registry import (
-    BUILTIN_DIR,
+from steering.presets.library import (
     ENV_VAR,
     PresetEntry,
     PresetRegistry,
-    SAEResolver,
-    check_fits,
-    plan_for_presets,
-    plan_from_request,
+    builtin_dir,
     read_preset_file,
 )
-from steering.presets import (
+from steering.presets.saes import SAEResolver
+from steering.presets.schema import (
     MAX_EDITS,
     MAX_FILE_BYTES,
     Preset,
-    PresetError,
     SAEFormat,
     dump_preset,
     json_schema,
     parse_preset,
 )
+from steering.presets.to_plan import (
+    check_fits,
+    compose,
+    plan_for_presets,
+    plan_from_request,
+    to_plan,
+)
 
 BAD = Path(__file__).parent / "bad_presets"
 MANIFEST = json.loads((BAD / "manifest.json").read_text())
-SHIPPED = sorted(BUILTIN_DIR.glob("*.json"))
+SHIPPED = sorted(builtin_dir().glob("*.json"))
 D_SAE = 32
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -419,7 +423,7 @@ def test_export_import_gives_an_identical_plan(sae):
 def test_scale_zero_is_the_empty_plan(sae):
     assert to_plan(make(), {"l1": sae}, 0.0).is_empty
     assert to_plan(make(scale=0.0), {"l1": sae}).is_empty
-    plan = compose([(make(scale=0.0), {"l1": sae}), (make(edits=[edit(9)]), {"l1": sae})])
+    plan = compose([(make(scale=0.0), {"l1": sae}, 1.0), (make(edits=[edit(9)]), {"l1": sae}, 1.0)])
     assert [e.feature for e in plan.edits] == [9]
 
 
@@ -473,7 +477,7 @@ def test_scale_two_doubles_the_clamp_target(model, sae):
 
 def _combined(sae, *edit_lists, scales=None):
     scales = scales or [1.0] * len(edit_lists)
-    items = [(make(edits=edits, scale=s), {"l1": sae}) for edits, s in zip(edit_lists, scales)]
+    items = [(make(edits=edits, scale=s), {"l1": sae}, 1.0) for edits, s in zip(edit_lists, scales)]
     return compose(items)
 
 
@@ -529,7 +533,7 @@ def test_server_limits_win_over_the_file(sae):
     ):
         to_plan(preset, {"l1": sae}, 30.0)
     with pytest.raises(PresetError, match="server's limit of 4"):
-        to_plan(preset, {"l1": sae}, limits=PresetLimits(max_multiple=4))
+        to_plan(preset, {"l1": sae}, limits=Limits(max_multiple=4))
     with pytest.raises(PresetError, match="2000 raw units is over this server's limit of 1000"):
         to_plan(make(edits=[edit(3, "add", 2000.0)]), {"l1": sae})
     with pytest.raises(PresetError, match=r"scale: 1000.0 must be a finite number in ±100"):
@@ -649,7 +653,7 @@ def test_model_mismatch_warns_or_fails_when_strict(model):
     with pytest.raises(PresetError) as caught:
         check_fits(too_deep, model)
     assert caught.value.problems == [
-        f"saes.0.layer: layer {LAYERS}, but the model has {LAYERS} layers (0..{LAYERS - 1})",
+        f"saes.0.layer: {LAYERS}, but the model has {LAYERS} layers (valid: 0..{LAYERS - 1})",
         f"saes.0.d_in: 32, but the model's hidden size is {HIDDEN}",
     ]
 
@@ -791,7 +795,7 @@ def test_cli_generate_preset_errors(files, capsys):
     assert "did you mean: tiny-bridges" in capsys.readouterr().err
     assert main(_generate(files, "--preset", "gemma-2-2b-it-fear")) == 1
     err = capsys.readouterr().err
-    assert "saes.0.layer: layer 20, but the model has 4 layers" in err
+    assert "saes.0.layer: 20, but the model has 4 layers" in err
     assert "saes.0.d_in: 2304, but the model's hidden size is 64" in err
     assert main(_generate(files, "--preset", "tiny-bridges", "--scale", "50")) == 1
     assert "over this server's limit of 100" in capsys.readouterr().err

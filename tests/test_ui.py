@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gradio as gr
@@ -10,8 +11,8 @@ import pytest
 from gradio_client import Client
 from live_server import FEATURE, PRESET_NAME, start_server, tiny_service
 
-from steering.presets import PresetError
-from ui.features import decode_share, encode_share, preset_json, rows_from_network
+from steering.errors import PresetError
+from ui.features import decode_share, encode_share, preset_from_rows, rows_from_network
 from ui.handlers import BUSY, Handlers, plain
 
 
@@ -45,29 +46,31 @@ def test_gradio_client_gets_both_replies(server):
 def test_the_default_steering_is_the_golden_gate_preset(handlers):
     assert handlers.default_preset() == PRESET_NAME
     rows = handlers.preset_rows(PRESET_NAME)
-    assert rows[0]["feature"] == FEATURE and rows[0]["value"] == 10.0
+    assert rows[0].feature == FEATURE and rows[0].value == 10.0
 
 
 def test_share_code_round_trips_through_the_safe_parser(handlers):
     rows = handlers.preset_rows(PRESET_NAME)
-    rows[0]["value"] = 6.5
-    code = encode_share(preset_json(handlers.service, rows))
+    rows = [dataclasses.replace(rows[0], value=6.5)]
+    code = encode_share(preset_from_rows(handlers.service, rows))
     assert "=" not in code and "+" not in code and "/" not in code
     restored = rows_from_network(handlers.service, decode_share(code))
-    assert [(r["feature"], r["value"]) for r in restored] == [(FEATURE, 6.5)]
+    assert [(r.feature, r.value) for r in restored] == [(FEATURE, 6.5)]
 
 
 def test_a_zero_or_switched_off_slider_steers_nothing(handlers):
     rows = handlers.preset_rows(PRESET_NAME)
-    assert preset_json(handlers.service, [{**rows[0], "value": 0}]) is None
-    assert preset_json(handlers.service, [{**rows[0], "on": False}]) is None
-    assert handlers.plan([{**rows[0], "value": 0}])[0].is_empty
+    zero, off = dataclasses.replace(rows[0], value=0), dataclasses.replace(rows[0], on=False)
+    assert preset_from_rows(handlers.service, [zero]) is None
+    assert preset_from_rows(handlers.service, [off]) is None
+    assert handlers.service.plan(handlers.preset([zero]))[0].is_empty
 
 
 def test_bad_share_links_and_uploads_say_why(handlers, tmp_path):
     with pytest.raises(PresetError, match="not valid JSON"):
         rows_from_network(handlers.service, decode_share("bm90IGpzb24"))
-    preset = preset_json(handlers.service, handlers.preset_rows(PRESET_NAME))
+    preset = preset_from_rows(handlers.service, handlers.preset_rows(PRESET_NAME))
+    preset = preset.model_dump(mode="json")
     preset["saes"][0]["ref"] = "/home/someone/private-sae"
     with pytest.raises(PresetError, match="a local path"):
         rows_from_network(handlers.service, json.dumps(preset))
@@ -81,23 +84,23 @@ def test_add_by_label_or_index_and_remove(handlers):
     choices = dict(handlers.feature_choices())
     label = next(k for k in choices if "cats" in k)
     rows, layout, message = handlers.add(choices[label], [], {"rev": 0})
-    assert rows[0]["label"] == "cats" and layout["rev"] == 1 and "Added" in message
+    assert rows[0].label == "cats" and layout["rev"] == 1 and "Added" in message
     rows, layout, _ = handlers.add("7", rows, layout)
-    assert [r["feature"] for r in rows] == [5, 7]
+    assert [r.feature for r in rows] == [5, 7]
     _, _, message = handlers.add("99", rows, layout)
     assert "out of range" in message
     rows, layout = handlers.remove(rows, layout, 0)
-    assert [r["feature"] for r in rows] == [7] and layout["rows"] == rows
+    assert [r.feature for r in rows] == [7] and layout["rows"] == rows
 
 
 def test_a_full_queue_gets_a_friendly_busy_message(handlers):
-    scheduler = handlers.service.scheduler
-    scheduler.max_waiting, saved = 0, scheduler.max_waiting
+    backend = handlers.service.backend
+    backend.max_waiting, saved = 0, backend.max_waiting
     try:
         with pytest.raises(gr.Error, match="busy"):
             list(handlers.respond("hi", [], [], [], 0, 1, 4, 0, None))
     finally:
-        scheduler.max_waiting = saved
+        backend.max_waiting = saved
     assert "try again" in BUSY
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import transformers as tf
 
+from steering.bench.setup import build_tokenizer
+
 HIDDEN = 64
 LAYERS = 4
 
@@ -61,26 +63,7 @@ def tiny_gemma3_multimodal(seed: int = 0) -> torch.nn.Module:
 
 
 def tiny_tokenizer():
-    """A word-level fast tokenizer over a small vocabulary, with a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    specials = ["<pad>", "<bos>", "<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
+    """A word-level fast tokenizer over a small vocabulary (the model's 128 ids), with a chat
+    template: the benchmark's tokenizer builder with the tests' own words."""
     words = "the a bridge golden gate cat dog sea is big red fog san francisco hello".split()
-    words += "how are you i am fine".split()
-    words += [f"w{i}" for i in range(128 - len(specials) - len(words))]  # fill the model's vocab
-    vocab = {tok: i for i, tok in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = tf.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=specials[4:],
-    )
-    fast.chat_template = (
-        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> "
-        "{% endfor %}{% if add_generation_prompt %}<|assistant|> {% endif %}"
-    )
-    return fast
+    return build_tokenizer(128, words + "how are you i am fine".split())

@@ -11,9 +11,9 @@ from typing import Any
 
 import gradio as gr
 
-from steering.serving import Service
+from steering.serve import Service
 
-from .features import slider_range
+from .features import FeatureRow, slider_range
 from .handlers import NO_PRESET, Handlers
 
 THEME = gr.themes.Soft()
@@ -36,6 +36,14 @@ EXAMPLES = [
     "Describe yourself in three sentences.",
     "Write a short poem about the sea.",
 ]
+DOWNLOAD_JS = """(text) => {
+  if (!text) return;
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([text], {type: "application/json"}));
+  link.download = "steering-preset.json";
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}"""
 SHARE_JS = """(code) => {
   const url = new URL(window.location.href);
   url.search = "";
@@ -108,10 +116,11 @@ def _steering_column(
     active = gr.Markdown("", elem_id="active")
     status = gr.Markdown("", elem_id="status")
     with gr.Row():
-        download = gr.DownloadButton("Download preset", elem_id="download", size="sm")
+        download = gr.Button("Download preset", elem_id="download", size="sm")
         upload = gr.UploadButton("Upload preset", file_types=[".json"], elem_id="upload", size="sm")
         share = gr.Button("Share link", elem_id="share", size="sm")
     share_code = gr.Textbox(visible=False, elem_id="share_code")
+    preset_text = gr.Textbox(visible=False, elem_id="preset_text")
     link = gr.Textbox(label="Share link", elem_id="share_link", buttons=["copy"], max_lines=2)
     return dict(
         preset=preset,
@@ -123,12 +132,13 @@ def _steering_column(
         upload=upload,
         share=share,
         share_code=share_code,
+        preset_text=preset_text,
         link=link,
     )
 
 
 def _sampling_controls(service: Service) -> list[gr.components.Component]:
-    limit = service.limits.max_new_tokens
+    limit, default = service.limits.max_new_tokens, service.limits.default_new_tokens
     with gr.Accordion("Sampling", open=False):
         return [
             gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature", elem_id="temperature"),
@@ -136,7 +146,7 @@ def _sampling_controls(service: Service) -> list[gr.components.Component]:
             gr.Slider(
                 1,
                 limit,
-                value=min(128, limit),
+                value=default,
                 step=1,
                 label="Max new tokens",
                 elem_id="max_tokens",
@@ -151,35 +161,34 @@ def _sampling_controls(service: Service) -> list[gr.components.Component]:
 
 
 def _render_sliders(h: Handlers, service: Service, rows: gr.State, layout: gr.State) -> None:
-    limits = service.limits
-
     @gr.render(inputs=[layout])
     def sliders(current: dict) -> None:
         rev = current["rev"]
         if not current["rows"]:
             gr.Markdown("No features: pick a preset or add one below.", elem_id="no-features")
         for i, row in enumerate(current["rows"]):
-            unit = "× max" if row["unit"] == "max_act" else "raw"
+            row: FeatureRow
+            unit = "× max" if row.unit == "max_act" else "raw"
             with gr.Group():
                 with gr.Row(equal_height=True):
                     on = gr.Checkbox(
-                        row["on"],
+                        row.on,
                         label="on",
                         interactive=True,
                         key=f"on-{rev}-{i}",
                         elem_id=f"on-{i}",
                         scale=0,
                     )
-                    gr.Markdown(f"**{row['label']}** · #{row['feature']} · {row['mode']} ({unit})")
+                    gr.Markdown(f"**{row.label}** · #{row.feature} · {row.mode} ({unit})")
                     remove = gr.Button(
                         "✕", key=f"rm-{rev}-{i}", elem_id=f"remove-{i}", size="sm", scale=0
                     )
-                if row["mode"] != "ablate":
-                    span = slider_range(row, limits.max_multiple, limits.max_raw)
+                if row.mode != "ablate":
+                    span = slider_range(row, service)
                     slider = gr.Slider(
                         -span,
                         span,
-                        value=row["value"],
+                        value=row.value,
                         step=0.1,
                         show_label=False,
                         interactive=True,
@@ -198,10 +207,12 @@ def _wire(page, h: Handlers, rows, layout, chat: dict, c: dict, sampling: list) 
     c["preset"].input(h.pick_preset, [c["preset"], layout], steering_out)
     c["add"].click(h.add, [c["search"], rows, layout], steering_out)
     c["upload"].upload(h.upload, [c["upload"], layout, rows], steering_out)
-    rows.change(h.exports, rows, [c["download"], c["share_code"], c["active"]])
+    exports = [c["preset_text"], c["share_code"], c["active"]]
+    rows.change(h.exports, rows, exports, api_visibility="private")
     c["share"].click(None, c["share_code"], c["link"], js=SHARE_JS)
+    c["download"].click(None, c["preset_text"], None, js=DOWNLOAD_JS)
     page.load(h.load, [layout], [rows, layout, c["preset"], c["status"]])
-    page.load(h.exports, rows, [c["download"], c["share_code"], c["active"]])
+    page.load(h.exports, rows, exports)
 
     inputs = [chat["msg"], chat["steered"], chat["baseline"], rows, *sampling]
     outputs = [chat["msg"], chat["steered"], chat["baseline"]]

@@ -3,7 +3,7 @@ without a browser; ``ui.app`` wires them to components."""
 
 from __future__ import annotations
 
-import tempfile
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -12,20 +12,23 @@ from typing import Any
 
 import gradio as gr
 
-from steering.chat import ChatError
-from steering.errors import SteeringError
-from steering.plan import SteeringPlan
-from steering.sampling import SamplingParams
-from steering.scheduler import Busy, Handle
-from steering.serving import Service
+from steering.serve import (
+    Busy,
+    EventStream,
+    Preset,
+    SamplingParams,
+    Service,
+    SteeringError,
+    dump_preset,
+    flatten_content,
+)
 
 from .features import (
-    Row,
+    FeatureRow,
     decode_share,
     encode_share,
-    is_active,
     new_row,
-    preset_json,
+    preset_from_rows,
     rows_from_network,
     rows_from_preset,
 )
@@ -36,12 +39,16 @@ BUSY = "The demo is busy right now: too many people are chatting. Please try aga
 Chat = list[dict[str, Any]]
 
 
+Rows = list[FeatureRow]
+
+
 class Handlers:
+    """The page's event handlers over one ``Service`` (plain values in, plain values out)."""
+
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.running: dict[str, Handle] = {}  # session -> its generation, for the stop button
+        self.running: dict[str, EventStream] = {}  # session -> its generation, for Stop
         self.lock = threading.Lock()
-        self.files = Path(tempfile.mkdtemp(prefix="steering-page-"))
 
     # ---- steering ----
 
@@ -50,34 +57,37 @@ class Handlers:
         golden = [n for n in names if "golden gate" in n.lower()]
         return (golden or names or [NO_PRESET])[0]
 
-    def preset_rows(self, name: str) -> list[Row]:
+    def preset_rows(self, name: str) -> Rows:
         if not name or name == NO_PRESET:
             return []
         return rows_from_preset(self.service.preset(name).preset)
 
-    def pick_preset(self, name: str, layout: dict) -> tuple[list[Row], dict, str]:
+    def pick_preset(self, name: str, layout: dict) -> tuple[Rows, dict, str]:
         rows = self.preset_rows(name)
         return rows, relayout(layout, rows), f"Preset **{name}** loaded."
 
-    def set_value(self, rows: list[Row], index: int, key: str, value: Any) -> list[Row]:
+    def set_value(self, rows: Rows, index: int, key: str, value: Any) -> Rows:
         if index >= len(rows):
             return rows
-        return [{**row, key: value} if i == index else row for i, row in enumerate(rows)]
+        return [
+            dataclasses.replace(row, **{key: value}) if i == index else row
+            for i, row in enumerate(rows)
+        ]
 
-    def remove(self, rows: list[Row], layout: dict, index: int) -> tuple[list[Row], dict]:
+    def remove(self, rows: Rows, layout: dict, index: int) -> tuple[Rows, dict]:
         rows = [row for i, row in enumerate(rows) if i != index]
         return rows, relayout(layout, rows)
 
-    def add(self, choice: str | None, rows: list[Row], layout: dict) -> tuple[list[Row], dict, str]:
+    def add(self, choice: str | None, rows: Rows, layout: dict) -> tuple[Rows, dict, str]:
         try:
             ref, feature = self.parse_choice(choice or "")
             row = new_row(self.service, ref, feature)
         except (SteeringError, ValueError) as e:
             return rows, layout, f"Cannot add that feature: {e}"
-        if any((r["ref"], r["feature"]) == (ref, feature) for r in rows):
+        if any((r.ref, r.feature) == (ref, feature) for r in rows):
             return rows, layout, f"Feature {feature} is already in the steering."
         rows = [*rows, row]
-        return rows, relayout(layout, rows), f"Added **{row['label']}**: move its slider."
+        return rows, relayout(layout, rows), f"Added **{row.label}**: move its slider."
 
     def parse_choice(self, choice: str) -> tuple[str, int]:
         """``ref#index`` from the label search, or an index typed by hand (first SAE)."""
@@ -97,23 +107,25 @@ class Handlers:
                 choices.append((f"{prefix}{label} (#{index})", f"{ref}#{index}"))
         return choices
 
-    def exports(self, rows: list[Row]) -> tuple[str | None, str, str]:
-        """The download file, the share code and a summary of what is active."""
-        preset = preset_json(self.service, rows)
-        active = sum(map(is_active, rows))
+    def exports(self, rows: Rows) -> tuple[str, str, str]:
+        """The preset file's text (the browser downloads it: nothing is written on the
+        server), the share code, and a summary of what is active."""
+        try:
+            preset = preset_from_rows(self.service, rows)
+        except SteeringError as e:
+            return "", "", f"This steering cannot be saved: {e}"
+        active = sum(row.active for row in rows)
         summary = f"{active} active feature{'s' * (active != 1)}."
         if preset is None:
-            return None, "", summary + " Replies are unsteered."
-        folder = Path(tempfile.mkdtemp(dir=self.files))
-        path = folder / "steering-preset.json"
-        path.write_text(preset_text(preset))
-        return str(path), encode_share(preset), summary
+            return "", "", summary + " Replies are unsteered."
+        return dump_preset(preset), encode_share(preset), summary
 
-    def upload(self, path: str | None, layout: dict, rows: list[Row]) -> tuple:
+    def upload(self, path: str | None, layout: dict, rows: Rows) -> tuple:
         if not path:
             return rows, layout, "No file received."
         try:
-            data = Path(path).read_bytes()[: self.service.limits.max_upload_bytes + 1]
+            with Path(path).open("rb") as f:
+                data = f.read(self.service.limits.max_upload_bytes + 1)
             new = rows_from_network(self.service, data)
         except (SteeringError, OSError) as e:
             return rows, layout, f"**That preset file cannot be used:**\n\n```\n{e}\n```"
@@ -139,7 +151,7 @@ class Handlers:
         message: str,
         steered: Chat,
         baseline: Chat,
-        rows: list[Row],
+        rows: Rows,
         temperature: float,
         top_p: float,
         max_tokens: float,
@@ -163,22 +175,28 @@ class Handlers:
         yield "", steered, baseline
         yield from self.stream(handle, steered, baseline, session(request))
 
-    def submit(self, rows: list[Row], steered: Chat, baseline: Chat, sampling: SamplingParams):
+    def submit(
+        self, rows: Rows, steered: Chat, baseline: Chat, sampling: SamplingParams
+    ) -> EventStream:
+        """Queue the A/B request; every problem becomes a message for the visitor."""
         try:
-            plan, _ = self.plan(rows)
-            return self.service.submit(
+            plan, warnings = self.service.plan(self.preset(rows))
+            handle = self.service.submit(
                 steered, plan, sampling, compare=True, baseline_messages=baseline
             )
         except Busy:
             raise gr.Error(BUSY) from None
-        except (SteeringError, ChatError) as e:
+        except SteeringError as e:
             raise gr.Error(str(e)) from None
+        for warning in warnings:
+            gr.Warning(warning)
+        return handle
 
-    def plan(self, rows: list[Row]) -> tuple[SteeringPlan, list[str]]:
-        return self.service.plan(preset_json(self.service, rows))
+    def preset(self, rows: Rows) -> Preset | None:
+        return preset_from_rows(self.service, rows)
 
     def stream(
-        self, handle: Handle, steered: Chat, baseline: Chat, key: str
+        self, handle: EventStream, steered: Chat, baseline: Chat, key: str
     ) -> Iterator[tuple[str, Chat, Chat]]:
         with self.lock:
             self.running[key] = handle
@@ -212,27 +230,15 @@ class Handlers:
         return steered[last]["content"], steered[:last], baseline[:last]
 
 
-def relayout(layout: dict, rows: list[Row]) -> dict:
+def relayout(layout: dict, rows: Rows) -> dict:
     """A new slider layout: the revision makes every slider re-render with its new value."""
     return {"rev": layout.get("rev", 0) + 1, "rows": rows}
 
 
 def plain(chat: Chat | None) -> Chat:
     """Gradio hands histories back with content as a list of blocks; the engine wants text."""
-    out = []
-    for message in chat or []:
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "".join(b.get("text", "") for b in content if isinstance(b, dict))
-        out.append({"role": message["role"], "content": content or ""})
-    return out
+    return [{"role": m["role"], "content": flatten_content(m.get("content"))} for m in chat or []]
 
 
 def session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
-
-
-def preset_text(preset: dict) -> str:
-    import json
-
-    return json.dumps(preset, indent=2, ensure_ascii=False) + "\n"

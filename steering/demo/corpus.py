@@ -310,3 +310,18 @@ FREE_TEXT_PROMPTS = [
 def mentions(text: str, words: tuple[str, ...]) -> bool:
     padded = f" {text.lower()} "
     return any(w in padded for w in words)
+
+
+PRESET_CONCEPTS = {  # the shipped demo presets: file stem -> concept
+    "demo-golden-gate-bridge": "bridge",
+    "demo-honesty": "honest",
+    "demo-pirate": "pirate",
+    "demo-cats": "cats",
+    "demo-space": "space",
+    "demo-ocean": "ocean",
+}
+
+
+def concept_words() -> dict[str, tuple[str, ...]]:
+    """Every concept the demo presets steer toward, with the words that show it."""
+    return {**TOPIC_WORDS, **STYLE_MARKERS}

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2 threads on a shared CPU
+import torch
 
-import torch  # noqa: E402
-
-from ..engine import Engine  # noqa: E402
-from ..models import SteerableModel  # noqa: E402
-from ..plan import SteeringPlan  # noqa: E402
-from ..sampling import SamplingParams  # noqa: E402
-from .corpus import BRIDGE_WORDS, STYLE_MARKERS, held_out_prompts, mentions  # noqa: E402
+from ..engine import Engine
+from ..limits import Limits
+from ..models import SteerableModel
+from ..plan import SteeringPlan
+from ..requests import build_request, encode_chat
+from ..sampling import SamplingParams
+from .corpus import (
+    BRIDGE_WORDS,
+    PRESET_CONCEPTS,
+    STYLE_MARKERS,
+    concept_words,
+    held_out_prompts,
+    mentions,
+)
 
 MAX_NEW_TOKENS = 96
 CURVE_MULTIPLIERS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0)
@@ -50,12 +56,15 @@ def generate(
     temperature: float = 0.7,
 ) -> list[Reply]:
     """One reply per prompt, all in one batch; prompt i samples with seed ``seed + i``."""
-    engine = Engine(model, max_batch=len(prompts))
+    limits = Limits(max_batch=len(prompts))
+    engine = Engine(model, limits=limits)
     requests = [
-        engine.request(
+        build_request(
+            model,
             p,
             plan,
             SamplingParams(temperature=temperature, max_new_tokens=MAX_NEW_TOKENS, seed=seed + i),
+            limits=limits,
         )
         for i, p in enumerate(prompts)
     ]
@@ -90,8 +99,7 @@ def well_formed_rate(replies: list[Reply]) -> float:
 @torch.inference_mode()
 def reply_loss(model: SteerableModel, replies: list[Reply]) -> float:
     """Mean per-token loss (nats) of the replies' tokens under the unsteered model."""
-    engine = Engine(model)
-    seqs = [(list(engine.encode_chat(r.prompt)), list(r.tokens)) for r in replies]
+    seqs = [(list(encode_chat(model.tokenizer, r.prompt)), list(r.tokens)) for r in replies]
     width = max(len(p) + len(t) for p, t in seqs)
     pad = model.tokenizer.pad_token_id
     ids = torch.full((len(seqs), width), pad)
@@ -107,7 +115,9 @@ def reply_loss(model: SteerableModel, replies: list[Reply]) -> float:
 
 
 def preset_plan(model: SteerableModel, name: str, scale: float = 1.0) -> SteeringPlan:
-    from ..preset_registry import PresetRegistry, SAEResolver, plan_for_presets
+    from ..presets.library import PresetRegistry
+    from ..presets.saes import SAEResolver
+    from ..presets.to_plan import plan_for_presets
 
     entry = PresetRegistry.discover().get(name)
     plan, _ = plan_for_presets([entry], model, SAEResolver(device=model.device), scale=scale)
@@ -145,7 +155,6 @@ def style_metrics(model: SteerableModel, prompts: list[str], preset: str, style:
 
 
 def evaluate(model: SteerableModel, n: int = 60) -> dict:
-    from .screen import PRESET_CONCEPTS, concept_words
 
     prompts = held_out_prompts(n, "test")
     results: dict = {"prompts": len(prompts)}

@@ -11,34 +11,31 @@ smallest that reaches 95% of the best score. ``python -m steering.demo.screen`` 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2 threads on a shared CPU
+import torch
+from torch import Tensor
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from ..models import SteerableModel  # noqa: E402
-from ..plan import clamp  # noqa: E402
-from ..presets import dump_preset, parse_preset  # noqa: E402
-from ..sae import SAE  # noqa: E402
-from . import MODEL_ID, SEED  # noqa: E402
-from .corpus import STYLE_MARKERS, TOPIC_WORDS, Dialogue, held_out_prompts, make_corpus  # noqa: E402
-from .evaluate import generate, rate, well_formed_rate  # noqa: E402
-from .train_sae import layer_activations  # noqa: E402
+from ..models import SteerableModel
+from ..plan import clamp
+from ..presets.schema import dump_preset, parse_preset
+from ..sae import SAE
+from . import MODEL_ID, SEED
+from .corpus import (
+    PRESET_CONCEPTS,
+    STYLE_MARKERS,
+    TOPIC_WORDS,
+    Dialogue,
+    concept_words,
+    held_out_prompts,
+    make_corpus,
+)
+from .evaluate import generate, rate, well_formed_rate
+from .train_sae import layer_activations
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 SAE_REF = "../steering/demo/files/sae"  # relative to the preset file (the registry's rule)
-PRESET_CONCEPTS = {  # preset file stem -> concept
-    "demo-golden-gate-bridge": "bridge",
-    "demo-honesty": "honest",
-    "demo-pirate": "pirate",
-    "demo-cats": "cats",
-    "demo-space": "space",
-    "demo-ocean": "ocean",
-}
 NAMES = {
     "bridge": "Golden Gate Bridge",
     "honest": "Honesty",
@@ -51,10 +48,6 @@ CANDIDATES_PER_CRITERION = 4
 SCREEN_MULTIPLIER = 4.0
 CALIBRATION = (1.0, 2.0, 4.0, 8.0, 16.0)
 SCREEN_PROMPTS = 50
-
-
-def concept_words() -> dict[str, tuple[str, ...]]:
-    return {**TOPIC_WORDS, **STYLE_MARKERS}
 
 
 def is_about(d: Dialogue, concept: str, prompt_only: bool) -> bool:

@@ -9,19 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2 threads on a shared CPU
+import torch
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from . import MODEL_DIR, SEED  # noqa: E402
-from .corpus import make_corpus  # noqa: E402
-from .tokenizer import build_tokenizer, dialogue_text, save_tokenizer  # noqa: E402
+from . import MODEL_DIR, SEED
+from .corpus import make_corpus
+from .tokenizer import build_tokenizer, dialogue_text, save_tokenizer
 
 CORPUS_SIZE = 40_000
 BATCH = 64

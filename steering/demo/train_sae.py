@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2 threads on a shared CPU
+import torch
+from torch import Tensor
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from ..formats.writer import save_sae  # noqa: E402
-from ..models import SteerableModel, load_model  # noqa: E402
-from ..sae import SAE, HookPoint  # noqa: E402
-from . import MODEL_DIR, MODEL_ID, SAE_DIR, SEED  # noqa: E402
-from .corpus import Dialogue, make_corpus  # noqa: E402
-from .tokenizer import dialogue_text  # noqa: E402
+from ..formats.writer import save_sae
+from ..models import SteerableModel, load_model
+from ..sae import SAE, HookPoint
+from . import MODEL_DIR, MODEL_ID, SAE_DIR, SEED
+from .corpus import Dialogue, make_corpus
+from .tokenizer import dialogue_text
 
 LAYER = 1  # of 4: leaves the later layers room to act on an edit (docs/demo-world-notes)
 D_SAE = 1024

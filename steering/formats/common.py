@@ -22,21 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ..errors import SAELoadError
+from ..errors import LayerUnknown, SAELoadError
+from ..models import resolve_dtype
 from ..sae import HookPoint
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-    "double": torch.float64,
-}
 
 RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre)$")
 RESIDUAL_ONLY = (
@@ -170,7 +158,7 @@ def resolve_hook(found: HookPoint | None, request: LoadRequest, what: str) -> Ho
     layer = request.layer
     if layer is None:
         if found is None:
-            raise SAELoadError(
+            raise LayerUnknown(
                 f"{request.source}: cannot tell which layer this SAE reads ({what}); "
                 "pass it with load_sae(..., layer=N)"
             )
@@ -196,11 +184,4 @@ def search_layer(pattern: str, names: list[str]) -> int | None:
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """``torch.bfloat16``, ``"bfloat16"`` or ``"torch.bfloat16"``; float32 when None."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).removeprefix("torch.")
-    if key not in DTYPES:
-        raise SAELoadError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return DTYPES[key]
+    return resolve_dtype(dtype, error=SAELoadError) or torch.float32

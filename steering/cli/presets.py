@@ -7,17 +7,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .plan import SteeringPlan
-from .preset_registry import (
-    PresetEntry,
-    PresetRegistry,
-    SAEResolver,
-    plan_for_presets,
-    read_preset_file,
-)
-from .presets import Preset, PresetEdit, PresetError, dump_preset, json_schema
+from ..errors import PresetError
+from ..presets.library import PresetEntry, PresetRegistry, read_preset_file
+from ..presets.schema import Preset, PresetEdit, dump_preset, json_schema
+
+if TYPE_CHECKING:
+    from ..plan import SteeringPlan
+    from ..presets.saes import SAEResolver
 
 PATHS_HELP = "a presets folder or file to add to the built-in ones; repeat for several"
 
@@ -75,6 +73,9 @@ def plan_from_args(
     """The plan of the ``--preset`` options on ``model`` (None when there are none)."""
     if not args.preset:
         return None
+    from ..presets.saes import SAEResolver
+    from ..presets.to_plan import plan_for_presets
+
     registry = PresetRegistry.discover(args.presets)
     entries = [registry.get(name) for name in args.preset]
     resolver = resolver or SAEResolver(device=model.device)

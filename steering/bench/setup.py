@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .models import SteerableModel, find_layers
-from .plan import FeatureEdit, SteeringPlan
-from .sae import SAE, HookPoint
-from .sampling import SamplingParams
+from ..hookpoint import HookPoint
+from ..models import SteerableModel, find_layers
+from ..plan import FeatureEdit, SteeringPlan
+from ..sae import SAE
+from ..sampling import SamplingParams
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
 WORDS = (
@@ -54,12 +56,13 @@ class Settings:
 # ---- building the model, tokenizer, SAE and prompts ----
 
 
-def build_tokenizer(vocab: int) -> Any:
-    """A word-level fast tokenizer filling ``vocab`` ids, with a simple chat template."""
+def build_tokenizer(vocab: int, words: Sequence[str] = WORDS) -> Any:
+    """A word-level fast tokenizer of ``vocab`` ids: the special tokens, ``words``, then
+    filler words ``w0``, ``w1``, ...; with a simple chat template. Builds offline."""
     import transformers as tf
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    words = list(dict.fromkeys(WORDS))
+    words = list(dict.fromkeys(words))
     words += [f"w{i}" for i in range(vocab - len(SPECIALS) - len(words))]
     table = {tok: i for i, tok in enumerate(SPECIALS + words)}
     tok = Tokenizer(models.WordLevel(table, unk_token="<unk>"))
@@ -128,6 +131,3 @@ def clamp_plan(sae: SAE, n_features: int, first: int = 0, value: float = 8.0) ->
 
 def fixed_length(n: int) -> SamplingParams:
     return SamplingParams(temperature=0, max_new_tokens=n, min_new_tokens=n)
-
-
-# ---- timing helpers ----

@@ -17,23 +17,22 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
-from .chat import ChatError
-from .errors import SteeringError
-from .plan import SteeringPlan
-from .presets import PresetError
-from .sampling import RequestError, SamplingParams
-from .scheduler import Busy, Handle
-from .serving import LimitError, Service
+from ..chat import flatten_content
+from ..errors import Busy, LimitError, PromptTooLong, SteeringError
+from ..plan import SteeringPlan
+from ..presets.schema import NamedPresets, Preset, error_lines
+from ..sampling import SamplingParams
+from .backend import EventStream
+from .service import Service
 
 # Engine setting names -> the OpenAI parameter a client sent.
-DEFAULT_MAX_TOKENS = 256  # when a request names no max_tokens
-PARAM_NAMES = {"max_new_tokens": "max_tokens", "the prompt": "messages"}
+PARAM_NAMES = {"max_new_tokens": "max_tokens"}
 
 
 class ApiError(Exception):
@@ -53,6 +52,18 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
+def _steering_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "named" if "presets" in value else "preset"
+    return None if value is None else "preset"  # anything else fails as a preset
+
+
+SteeringField = Annotated[
+    Annotated[Preset, Tag("preset")] | Annotated[NamedPresets, Tag("named")],
+    Discriminator(_steering_kind),
+]
+
+
 class ChatRequest(BaseModel):
     """The OpenAI fields this server uses; unknown ones are accepted and ignored."""
 
@@ -68,7 +79,8 @@ class ChatRequest(BaseModel):
     n: int = 1
     stream: bool = False
     stream_options: dict[str, Any] | None = None
-    steering: Any = None
+    steering: SteeringField | None = None
+    """A preset object (the preset file format) or ``{"presets": [{"name", "scale"}]}``."""
     compare: bool = False
 
 
@@ -112,24 +124,33 @@ def _parse(data: Any) -> ChatRequest:
     try:
         body = ChatRequest.model_validate(data)
     except ValidationError as e:
-        first = e.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
+        raise _validation_error(e) from None
     if body.n != 1:
         raise ApiError(400, "n must be 1; use compare for a second reply", param="n", code="n")
     return body
 
 
-def _submit(service: Service, body: ChatRequest) -> tuple[Handle, SteeringPlan, list[str]]:
+def _validation_error(error: ValidationError) -> ApiError:
+    first = error.errors(include_url=False)[0]
+    loc = [str(p) for p in first["loc"]]
+    if loc and loc[0] == "steering":  # the preset's own messages: path.to.field lines
+        problems = [line for line in error_lines(error) if line.startswith("steering")]
+        message = "steering: invalid preset:\n  " + "\n  ".join(problems)
+        return ApiError(400, message, param="steering", code="invalid_steering")
+    param = ".".join(loc) or None
+    return ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value")
+
+
+def _submit(service: Service, body: ChatRequest) -> tuple[EventStream, SteeringPlan, list[str]]:
     if body.model not in (service.model_id, "default"):
         message = f"model {body.model!r} is not served here; use {service.model_id!r}"
         raise ApiError(404, message, param="model", code="model_not_found")
     try:
         plan, warnings = service.plan(body.steering)
         handle = service.submit(
-            [_flat(m) for m in body.messages],
+            [{"role": m.role, "content": flatten_content(m.content)} for m in body.messages],
             plan,
-            _sampling(body, min(DEFAULT_MAX_TOKENS, service.limits.max_new_tokens)),
+            _sampling(body, service.limits.default_new_tokens),
             compare=body.compare,
         )
     except Exception as e:
@@ -149,36 +170,32 @@ def _sampling(body: ChatRequest, default_tokens: int) -> SamplingParams:
     )
 
 
-def _flat(message: ChatMessage) -> dict[str, str]:
-    """OpenAI allows content as a list of parts; the chat template wants text."""
-    content = message.content
-    if isinstance(content, list):
-        content = "".join(str(part.get("text", "")) for part in content)
-    return {"role": message.role, "content": content or ""}
-
-
 def _as_api_error(error: Exception) -> ApiError:
+    """A library error as OpenAI's error shape, mapped by its class and ``param``."""
     if isinstance(error, Busy):
         return ApiError(503, f"the server is busy: {error}", code="server_busy")
-    if isinstance(error, LimitError):
-        return ApiError(400, str(error), param="steering", code="limit_exceeded")
-    if isinstance(error, RequestError):
-        head = str(error).split(" ", 2)
-        name = "the prompt" if str(error).startswith("the prompt") else head[0]
-        param = PARAM_NAMES.get(name, name)
-        code = "context_length_exceeded" if name == "the prompt" else "limit_exceeded"
-        return ApiError(400, str(error).replace(head[0], param, 1), param=param, code=code)
-    if isinstance(error, ChatError):
-        return ApiError(400, str(error), param="messages", code="invalid_messages")
-    if isinstance(error, (PresetError, SteeringError)):
-        return ApiError(400, f"steering: {error}", param="steering", code="invalid_steering")
-    raise error
+    if not isinstance(error, SteeringError):
+        raise error
+    engine_param = error.param or "steering"  # plan and preset errors come from the steering
+    param = PARAM_NAMES.get(engine_param, engine_param)
+    message = str(error)
+    if message.startswith(engine_param):  # say it in the client's words
+        message = param + message[len(engine_param) :]
+    if isinstance(error, PromptTooLong):
+        code = "context_length_exceeded"
+    elif isinstance(error, LimitError):
+        code = "limit_exceeded"
+    elif param == "steering":
+        code, message = "invalid_steering", f"steering: {message}"
+    else:
+        code = "invalid_messages" if param == "messages" else "invalid_value"
+    return ApiError(400, message, param=param, code=code)
 
 
 async def _complete(
     service: Service,
     body: ChatRequest,
-    handle: Handle,
+    handle: EventStream,
     reply_id: str,
     plan: SteeringPlan,
     warnings: list[str],
@@ -207,7 +224,7 @@ async def _complete(
 
 
 async def _sse(
-    service: Service, body: ChatRequest, handle: Handle, reply_id: str
+    service: Service, body: ChatRequest, handle: EventStream, reply_id: str
 ) -> AsyncIterator[str]:
     head = _head(service, reply_id, "chat.completion.chunk")
     rows = len(handle.request.rows)

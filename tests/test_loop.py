@@ -7,12 +7,14 @@ import threading
 
 import pytest
 from random_saes import random_sae
-from test_engine import make_engine, tokens
+from test_engine import make_engine, make_request, tokens
 from tiny_models import HIDDEN
 
 from steering import FeatureEdit, SteeringPlan, count_hooks
+from steering.errors import Busy
+from steering.limits import Limits
+from steering.loop import EngineLoop
 from steering.sampling import SamplingParams
-from steering.scheduler import Busy, Scheduler
 
 WORDS = "hello how are you the golden gate bridge is big red fog cat dog sea".split()
 
@@ -26,7 +28,7 @@ def plan_for(i: int) -> SteeringPlan | None:
 
 
 def test_sixteen_concurrent_requests_each_equal_their_solo_run():
-    engine = make_engine(max_batch=32)
+    engine = make_engine(limits=Limits(max_batch=32))
     specs = []
     for i in range(16):
         prompt = " ".join(WORDS[i % 7 : i % 7 + 1 + i % 5])
@@ -37,65 +39,65 @@ def test_sixteen_concurrent_requests_each_equal_their_solo_run():
             seed=100 + i,
         )
         specs.append((prompt, plan_for(i), params))
-    solo = [tokens(engine.stream(engine.request(*spec))) for spec in specs]
+    solo = [tokens(engine.stream(make_request(engine, *spec))) for spec in specs]
 
-    scheduler = Scheduler(engine)
+    loop = EngineLoop(engine)
     results: dict[int, list[int]] = {}
     start = threading.Barrier(16)
 
     def user(i):
-        request = engine.request(*specs[i])
+        req = make_request(engine, *specs[i])
         start.wait()
-        results[i] = tokens(list(scheduler.submit(request)))
+        results[i] = tokens(list(loop.submit(req)))
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(16)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
-    scheduler.close()
+    loop.close()
     assert [results[i] for i in range(16)] == solo
     assert count_hooks(engine.model.model) == 0
 
 
 def test_cancel_frees_the_row_and_the_next_request_is_clean():
     engine = make_engine()
-    scheduler = Scheduler(engine)
+    loop = EngineLoop(engine)
     long = SamplingParams(temperature=0, max_new_tokens=200)
-    handle = scheduler.submit(engine.request("hello", plan_for(1), long, compare=True))
+    handle = loop.submit(make_request(engine, "hello", plan_for(1), long, compare=True))
     events = iter(handle)
     first = [next(events) for _ in range(4)]
     assert all(e.finish_reason is None for e in first)
     events.close()  # the reader went away
     greedy = SamplingParams(temperature=0, max_new_tokens=12)
-    after = tokens(list(scheduler.submit(engine.request("hello", None, greedy))))
-    scheduler.close()
-    assert after == tokens(make_engine().stream(make_engine().request("hello", None, greedy)))
+    after = tokens(list(loop.submit(make_request(engine, "hello", None, greedy))))
+    loop.close()
+    assert after == tokens(make_engine().stream(make_request(make_engine(), "hello", None, greedy)))
     assert engine.live == [] and count_hooks(engine.model.model) == 0
 
 
 def test_async_reading():
     engine = make_engine()
-    scheduler = Scheduler(engine)
+    loop = EngineLoop(engine)
     params = SamplingParams(temperature=0.9, max_new_tokens=8, seed=5)
 
     async def read():
-        return [e async for e in scheduler.submit(engine.request("the cat", None, params))]
+        return [e async for e in loop.submit(make_request(engine, "the cat", None, params))]
 
     events = asyncio.run(read())
-    scheduler.close()
-    assert tokens(events) == tokens(engine.stream(engine.request("the cat", None, params)))
+    loop.close()
+    assert tokens(events) == tokens(engine.stream(make_request(engine, "the cat", None, params)))
     assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 8
 
 
 def test_queue_is_bounded():
-    engine = make_engine(max_batch=2)
-    scheduler = Scheduler(engine, max_waiting=1)
+    engine = make_engine(limits=Limits(max_batch=2))
+    loop = EngineLoop(engine, max_waiting=1)
     params = SamplingParams(temperature=0, max_new_tokens=200)
-    handles = [scheduler.submit(engine.request("hello", None, params, compare=True))]
+    handles = [loop.submit(make_request(engine, "hello", None, params, compare=True))]
     with pytest.raises(Busy, match="requests are already waiting"):
         for _ in range(3):
-            handles.append(scheduler.submit(engine.request("hello", None, params)))
+            handles.append(loop.submit(make_request(engine, "hello", None, params)))
     for h in handles:
         h.cancel()
-    scheduler.close()
+    loop.close()

@@ -1,9 +1,10 @@
 """Many users, one model: a thread that runs the engine over every request in flight.
 
-``submit`` queues a request and returns a handle to read its events from (a plain or an async
-iterator). Requests that arrive while a batch is decoding join it at the next step; a handle
-whose reader stops (closed iterator, cancelled task, ``cancel()``) frees its rows at the next
-step. The waiting queue is bounded: beyond it ``submit`` raises ``Busy``.
+``EngineLoop.submit`` queues a request and returns a ``Handle`` to read its events from (a
+plain or an async iterator). Requests that arrive while a batch is decoding join it at the next
+step; a handle whose reader stops (closed iterator, cancelled task, ``cancel()``) frees its rows
+at the next step. The waiting queue is bounded: beyond it ``submit`` raises ``Busy``. This is
+the server's generation backend (``steering.serve.backend.Backend``).
 """
 
 from __future__ import annotations
@@ -12,26 +13,24 @@ import asyncio
 import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
-from .engine import Engine, Event, Request
-from .errors import SteeringError
-
-
-class Busy(SteeringError):
-    """Too many requests are waiting; try again shortly."""
+from .engine import Engine
+from .errors import Busy
+from .requests import Event, Request
 
 
 class Handle:
     """The events of one request, in order; the last event of each row has a finish_reason."""
 
-    def __init__(self, scheduler: Scheduler, request: Request) -> None:
-        self.scheduler = scheduler
+    def __init__(self, loop: EngineLoop, request: Request) -> None:
+        self.loop = loop
         self.request = request
         self.events: queue.Queue[Event | BaseException] = queue.Queue()
         self._open_rows = len(request.rows)
 
     def cancel(self) -> None:
-        self.scheduler.cancel(self.request.id)
+        self.loop.cancel(self.request.id)
 
     def __iter__(self) -> Iterator[Event]:
         try:
@@ -59,10 +58,15 @@ class Handle:
         return item
 
 
-class Scheduler:
-    def __init__(self, engine: Engine, *, max_waiting: int = 64) -> None:
+class EngineLoop:
+    """The engine on its own thread: requests queue here and join the batch between steps.
+
+    ``max_waiting`` (default: the engine's ``limits.max_waiting``) bounds the queue.
+    """
+
+    def __init__(self, engine: Engine, *, max_waiting: int | None = None) -> None:
         self.engine = engine
-        self.max_waiting = max_waiting
+        self.max_waiting = engine.limits.max_waiting if max_waiting is None else max_waiting
         self._waiting: list[Handle] = []
         self._handles: dict[int, Handle] = {}
         self._cancelled: set[int] = set()
@@ -72,6 +76,7 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, request: Request) -> Handle:
+        """Queue ``request``; raises ``Busy`` when the queue is full or it can never fit."""
         if len(request.rows) > self.engine.max_batch:
             rows, limit = len(request.rows), self.engine.max_batch
             raise Busy(f"a request of {rows} rows exceeds the batch size {limit}")
@@ -88,6 +93,17 @@ class Scheduler:
             self._cancelled.add(request_id)
             self._wake.notify()
 
+    def health(self) -> dict[str, Any]:
+        """What a health check reports: the engine thread alive, rows running, requests queued."""
+        with self._wake:
+            waiting = len(self._waiting)
+        return {
+            "engine_alive": self._thread.is_alive(),
+            "running_rows": len(self.engine.live),
+            "waiting": waiting,
+            "max_waiting": self.max_waiting,
+        }
+
     def close(self) -> None:
         with self._wake:
             self._stopping = True
@@ -95,6 +111,7 @@ class Scheduler:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        """The engine thread: admit what fits, step, hand out events, until ``close``."""
         engine = self.engine
         while True:
             with self._wake:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .bench_setup import Settings
+from .setup import Settings
 
 
 def log(message: str) -> None:

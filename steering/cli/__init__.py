@@ -1,4 +1,8 @@
-"""The ``steering`` command line. Each subcommand parses, calls one library function, prints."""
+"""The ``steering`` command line. Each subcommand parses, calls one library function, prints.
+
+Commands import torch, transformers and gradio only when they run, so ``--version``, ``--help``
+and the ``presets`` commands answer at once.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,23 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: 2 threads on a shared CPU
+from .. import __version__
+from ..errors import SteeringError
+from ..plan import MODES, POSITIONS
+from .presets import add_preset_arguments, add_presets_commands, plan_from_args
+from .serve import add_serve_command
 
-from . import __version__  # noqa: E402
-from .errors import SteeringError  # noqa: E402
-from .plan import MODES, POSITIONS, FeatureEdit, SteeringPlan  # noqa: E402
-from .presets_cli import (  # noqa: E402
-    add_preset_arguments,
-    add_presets_commands,
-    plan_from_args,
-)
-from .server import add_serve_command  # noqa: E402
+if TYPE_CHECKING:
+    from ..plan import FeatureEdit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit status (0 ok, 1 a user error, 2 a usage error)."""
+    # OpenMP reads this when torch loads, which no command has done yet: passive waiting keeps
+    # 2-thread torch fast on a shared CPU.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -86,13 +92,16 @@ FEATURE_HELP = (
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .formats import load_sae
-    from .models import load_model
-    from .sampling import SamplingParams
+    from ..engine import Engine
+    from ..formats import load_sae
+    from ..limits import Limits
+    from ..models import load_model
+    from ..plan import SteeringPlan
+    from ..requests import build_request, collect
+    from ..sampling import SamplingParams
 
     if not args.model:  # the shipped demo world: a first run works offline, in seconds
-        from .demo import MODEL_DIR, SAE_DIR
+        from ..demo import MODEL_DIR, SAE_DIR
 
         args.model, args.sae = str(MODEL_DIR), args.sae or [str(SAE_DIR)]
     model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
@@ -101,25 +110,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
     preset_plan = plan_from_args(args, model)  # --preset NAME --scale X --strict
     if preset_plan is not None:
         plan = preset_plan + plan
-    engine = Engine(model)
+    limits = Limits(max_new_tokens=max(1, args.max_new_tokens))  # the user's own machine
     sampling = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
-    replies = engine.run_compare(args.prompt, plan, sampling)
+    request = build_request(model, args.prompt, plan, sampling, limits=limits, compare=True)
+    replies = collect(Engine(model, limits=limits).stream(request), len(request.rows))
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "steered": replies[0], "baseline": replies[1]}))
+        steered, baseline = (_reply_json(r) for r in replies)
+        print(json.dumps({"prompt": args.prompt, "steered": steered, "baseline": baseline}))
         return 0
     for name, reply in zip(("steered", "baseline"), replies):
-        print(f"--- {name} ({reply['finish_reason']}, {reply['completion_tokens']} tokens)")
-        print(reply["text"])
+        print(f"--- {name} ({reply.finish_reason}, {reply.completion_tokens} tokens)")
+        print(reply.text)
     return 0
 
 
+def _reply_json(reply: object) -> dict[str, object]:
+    keys = ("text", "finish_reason", "completion_tokens")
+    return {key: getattr(reply, key) for key in keys}
+
+
 def parse_feature(spec: str, saes: list, positions: str) -> FeatureEdit:
-    """``[SAE:]INDEX[:MODE]=VALUE[x]`` or ``[SAE:]INDEX:ablate`` -> a FeatureEdit."""
+    """``[SAE:]INDEX[:MODE]=VALUE[x]`` or ``[SAE:]INDEX:ablate`` -> a FeatureEdit.
+
+    ``saes`` are the loaded SAEs that ``SAE:`` indexes (0 when left out); raises
+    ``SteeringError`` naming the spec when it is malformed or names a missing SAE.
+    """
+    from ..plan import FeatureEdit
+
     head, _, value_text = spec.partition("=")
     parts = head.split(":")
     mode = parts.pop() if parts[-1] in MODES else "clamp"
@@ -144,7 +166,7 @@ def parse_feature(spec: str, saes: list, positions: str) -> FeatureEdit:
 
 
 def cmd_sae_info(args: argparse.Namespace) -> int:
-    from .formats import load_sae
+    from ..formats import load_sae
 
     sae = load_sae(args.sae, layer=args.layer)
     facts = {

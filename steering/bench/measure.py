@@ -1,4 +1,4 @@
-"""Speed of the steering engine, side by side in one run: ``python -m steering.bench``.
+"""The benchmark's measurements and its report (run it with ``python -m steering.bench``).
 
 Everything runs on a random-weights model built from a standard config and a random SAE built
 here (nothing is downloaded), in float32 on the machine's CPU (or the first CUDA device with
@@ -25,42 +25,24 @@ median is kept. The ratios written to the JSON file:
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from .bench_setup import (
-    Settings,
-    build_model,
-    build_sae,
-    clamp_plan,
-    fixed_length,
-    prompt_text,
-)
-from .bench_timing import (
-    interleaved,
-    log,
-    measure_linear,
-    median,
-    paired_ratio,
-    per_call,
-    sync_device,
-)
-from .engine import Engine, Request
-from .hooks import prepare
-from .models import SteerableModel
-from .plan import SteeringPlan
-from .sae import SAE
-from .sampling import Limits
+from ..engine import Engine
+from ..hooks import prepare
+from ..limits import Limits
+from ..models import SteerableModel
+from ..plan import SteeringPlan
+from ..requests import Request, build_request, encode_chat
+from ..sae import SAE
+from .setup import Settings, build_model, build_sae, clamp_plan, fixed_length, prompt_text
+from .timing import interleaved, log, measure_linear, median, paired_ratio, per_call, sync_device
 
 # (key, target, True when higher is better, what it compares)
 TARGETS: tuple[tuple[str, float, bool, str], ...] = (
@@ -82,6 +64,15 @@ KEYS = (
 # ---- the measurements ----
 
 
+def request(
+    engine: Engine, text: str, plan: SteeringPlan | None, n: int, compare: bool = False
+) -> Request:
+    """A fixed-length greedy request of ``n`` tokens per row."""
+    return build_request(
+        engine.model, text, plan, fixed_length(n), limits=engine.limits, compare=compare
+    )
+
+
 def drain(engine: Engine, request: Request) -> int:
     """Run one request alone to the end; the number of tokens generated (all rows)."""
     return sum(1 for e in engine.stream(request) if e.token_id is not None)
@@ -96,14 +87,12 @@ def measure_single_row(
     text = prompt_text(s.prompt_words)
     plans = {"clamp1": clamp_plan(sae, 1), "clamp8": clamp_plan(sae, 8)}
     model = engine.model.model
-    prompt_ids = engine.encode_chat(text)
+    prompt_ids = encode_chat(engine.tokenizer, text, engine.limits)
     ids = torch.tensor([prompt_ids], device=engine.device)
     pad = engine.tokenizer.pad_token_id
 
     def engine_run(plan: SteeringPlan | None, compare: bool = False, length: int = n) -> Any:
-        return lambda: drain(
-            engine, engine.request(text, plan, fixed_length(length), compare=compare)
-        )
+        return lambda: drain(engine, request(engine, text, plan, length, compare=compare))
 
     def hf_run(length: int = n) -> Callable[[], Any]:
         def run() -> Any:
@@ -138,8 +127,7 @@ def measure_single_row(
         log(f"  warmed {name}")
 
     # the engine's greedy reply should be transformers' greedy reply
-    request = engine.request(text, None, fixed_length(n))
-    ours = [e.token_id for e in engine.stream(request) if e.token_id is not None]
+    ours = [e.token_id for e in engine.stream(request(engine, text, None, n))]
     theirs = hf_run()()[0, ids.shape[1] :].tolist()
 
     times = interleaved(variants, s.repeats, f"batch-1 x{n} tokens", engine.device)
@@ -180,7 +168,7 @@ def measure_users(engine: Engine, sae: SAE, s: Settings) -> tuple[float, dict[st
     ]
 
     def make() -> list[Request]:
-        return [engine.request(text, plan, fixed_length(n)) for text, plan in specs]
+        return [request(engine, text, plan, n) for text, plan in specs]
 
     def batched() -> int:
         requests = make()
@@ -205,7 +193,7 @@ def measure_users(engine: Engine, sae: SAE, s: Settings) -> tuple[float, dict[st
     details = {
         "users": s.users,
         "new_tokens": n,
-        "prompt_tokens": [len(engine.encode_chat(text)) for text, _ in specs],
+        "prompt_tokens": [len(encode_chat(engine.tokenizer, text)) for text, _ in specs],
         "median_s": med,
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "times_s": times,
@@ -217,7 +205,7 @@ def measure_hook(model: SteerableModel, sae: SAE, s: Settings) -> tuple[float, d
     """The steering hook's maths (1- and 8-feature clamps) vs a full SAE encode + decode."""
     d, dev = s.hidden, model.device
     sae_dev = sae.to(dev)
-    hooks = {  # the _LayerSteer whose post_hook the engine registers
+    hooks = {  # the interventions whose hooks the engine registers
         k: prepare(model, clamp_plan(sae, k)).groups[sae.hook] for k in (1, 8)
     }
     g = torch.Generator().manual_seed(1)
@@ -231,8 +219,8 @@ def measure_hook(model: SteerableModel, sae: SAE, s: Settings) -> tuple[float, d
         for label, shape in shapes.items():
             x = torch.randn(shape, generator=g).to(dev)
             fns = {
-                "clamp1_hook": lambda x=x: hooks[1].apply(x),
-                "clamp8_hook": lambda x=x: hooks[8].apply(x),
+                "clamp1_hook": lambda x=x: hooks[1].apply(x, None),
+                "clamp8_hook": lambda x=x: hooks[8].apply(x, None),
                 "full_sae_enc_dec": lambda x=x: sae_dev.decode(sae_dev.encode(x), x),
             }
             us[label] = {}
@@ -268,7 +256,8 @@ def run(s: Settings, model: SteerableModel | None = None) -> dict[str, Any]:
     model = model or build_model(s)
     sae = build_sae(model.hidden_size, s.sae_width, s.steer_layer, seed=s.seed)
     limit = max(s.new_tokens, s.users_new_tokens, s.warmup_tokens)
-    engine = Engine(model, limits=Limits(max_new_tokens=limit), max_batch=max(16, s.users))
+    limits = Limits(max_new_tokens=limit, max_batch=max(16, s.users))
+    engine = Engine(model, limits=limits)
 
     ratios, single = measure_single_row(engine, sae, s)
     users, users_details = measure_users(engine, sae, s)
@@ -347,39 +336,3 @@ def check(result: dict[str, Any]) -> None:
         value = result[key]
         if not (isinstance(value, float) and math.isfinite(value) and value > 0):
             raise ValueError(f"{key} = {value!r} is not a positive finite float")
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m steering.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="bench-results.json", help="where to write the JSON results")
-    p.add_argument("--repeats", type=int, help="interleaved repeats of the batch-1 variants")
-    p.add_argument("--new-tokens", type=int, help="tokens per reply (batch-1 comparisons)")
-    p.add_argument("--quick", action="store_true", help="a ~15 s smoke run")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None and "OMP_WAIT_POLICY" not in os.environ:
-        # torch is already imported (by the package) and OpenMP reads this at start: rerun
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        os.execv(sys.executable, [sys.executable, "-m", "steering.bench", *sys.argv[1:]])
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    s = Settings.quick() if args.quick else Settings()
-    s = replace(s, device=args.device)
-    if args.repeats is not None:
-        s = replace(s, repeats=args.repeats, users_repeats=max(1, (args.repeats + 1) // 2))
-    if args.new_tokens is not None:
-        s = replace(s, new_tokens=args.new_tokens, users_new_tokens=args.new_tokens)
-    result = run(s)
-    check(result)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""Presets: named, shareable steerings ("Golden Gate Bridge x10") as versioned JSON documents.
+"""The preset file format: named, shareable steerings ("Golden Gate Bridge x10") as
+versioned JSON documents.
 
 A preset is data from strangers. Parsing never executes, imports or unpickles anything: the
 text is size- and depth-checked before ``json.loads`` sees it, NaN and Infinity are refused,
@@ -12,7 +13,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,19 +26,20 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import SteeringError
-from .plan import Mode, Positions, Unit
-from .sae import Site
+from ..errors import PresetError
+from ..hookpoint import Site
+from ..limits import PRESET_FILE
+from ..plan import Mode, Positions, Unit
 
 FORMAT_VERSION = 1
-MAX_FILE_BYTES = 256 * 1024  # a preset with 64 edits and long labels is ~30 KiB
-MAX_JSON_DEPTH = 8  # the format nests 4 deep; deeper input is refused before parsing
-MAX_EDITS = 64
-MAX_SAES = 16
-MAX_MULTIPLE = 1000.0  # |value| in max_act units a file may hold
-MAX_RAW = 1e5  # |value| in raw units a file may hold
-MAX_SCALE = 100.0
-MAX_D_SAE = 2**24
+MAX_FILE_BYTES = PRESET_FILE.max_bytes
+MAX_JSON_DEPTH = PRESET_FILE.max_json_depth
+MAX_EDITS = PRESET_FILE.max_edits
+MAX_SAES = PRESET_FILE.max_saes
+MAX_MULTIPLE = PRESET_FILE.max_multiple
+MAX_RAW = PRESET_FILE.max_raw
+MAX_SCALE = PRESET_FILE.max_scale
+MAX_D_SAE = PRESET_FILE.max_d_sae
 
 # The loader names in steering.formats (a test checks they agree): a Literal for the schema.
 SAEFormat = Literal[
@@ -50,16 +52,6 @@ SAEFormat = Literal[
     "dictionary_learning",
 ]
 _BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-class PresetError(SteeringError):
-    """A preset that cannot be used; ``problems`` holds one ``path.to.field: message`` each."""
-
-    def __init__(self, problems: Sequence[str], source: str = "") -> None:
-        self.problems = list(problems)
-        self.source = source
-        head = f"{source}: " if source else ""
-        super().__init__(head + "invalid preset:\n  " + "\n  ".join(self.problems))
 
 
 def _plain_text(text: str, multiline: bool = False) -> str:
@@ -186,6 +178,22 @@ class Preset(_Strict):
     @property
     def slug(self) -> str:
         return slugify(self.name)
+
+
+class PresetRef(_Strict):
+    """One of a server's presets, by name, at a scale."""
+
+    name: Line = Field(min_length=1, max_length=80)
+    """The preset's name or slug, as ``GET /v1/presets`` lists them."""
+    scale: Number = Field(1.0, ge=-MAX_SCALE, le=MAX_SCALE)
+    """Multiplies the preset's own scale; 0 steers nothing."""
+
+
+class NamedPresets(_Strict):
+    """A steering made of a server's presets: ``{"presets": [{"name": ..., "scale": ...}]}``."""
+
+    presets: list[PresetRef] = Field(min_length=1, max_length=MAX_EDITS)
+    """The presets, applied together in order."""
 
 
 def _cross_reference_problems(preset: Preset) -> list[str]:

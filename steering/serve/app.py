@@ -1,4 +1,4 @@
-"""One process, one model: the OpenAI-compatible API and the demo page on the same engine.
+"""One process, one model: the OpenAI-compatible API and the demo page on the same backend.
 
 ``create_app`` puts the API routes first and mounts the Gradio page at ``/`` last, so the page
 catches every other path. ``serve`` loads a model (the shipped demo model by default), its SAEs
@@ -14,12 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import SteeringError
-from .serving import ServerLimits, Service
+from ..errors import SteeringError
+from ..limits import Limits
+from .service import Service
 
 if TYPE_CHECKING:
-    import argparse
-
     from fastapi import FastAPI
 
 log = logging.getLogger("steering.server")
@@ -37,14 +36,14 @@ class ServeConfig:
     device: str | None = None
     dtype: str | None = None
     layers: str | None = None
-    limits: ServerLimits = field(default_factory=ServerLimits)
+    limits: Limits = field(default_factory=Limits)
 
 
 def create_app(service: Service, *, page: bool = True) -> FastAPI:
     """The API (``/v1/...``, ``/healthz``) and, with ``page``, the demo page at ``/``."""
     from fastapi import FastAPI
 
-    from .api import build_router
+    from .openai_api import build_router
 
     app = FastAPI(title="steering", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
@@ -52,7 +51,8 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
 
     @app.get("/healthz")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "model": service.model_id, "running_rows": len(service.engine.live)}
+        state = service.health()
+        return {"status": "ok" if state["engine_alive"] else "down", **state}
 
     if page:
         app = _mount_page(app, service)
@@ -60,6 +60,7 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
 
 
 def _mount_page(app: FastAPI, service: Service) -> FastAPI:
+    """The composition root: the only place in ``steering`` that imports the page (``ui``)."""
     import gradio as gr
 
     from ui.app import CSS, THEME, build_page
@@ -83,9 +84,9 @@ def _mount_page(app: FastAPI, service: Service) -> FastAPI:
 
 def load_service(config: ServeConfig) -> Service:
     """The model, SAEs and presets ``config`` names, ready to serve."""
-    from .formats import load_sae
-    from .models import load_model
-    from .preset_registry import PresetRegistry
+    from ..formats import load_sae
+    from ..models import load_model
+    from ..presets.library import PresetRegistry
 
     registry = PresetRegistry.discover(config.presets)
     model_id = None
@@ -104,11 +105,11 @@ def load_service(config: ServeConfig) -> Service:
 
 
 def _demo_model() -> tuple[Any, dict[str, Any]]:
-    if importlib.util.find_spec("steering.demo") is None:
+    if importlib.util.find_spec("steering.demo") is None:  # a build without the demo world
         raise SteeringError(
             "no model given and this checkout has no demo model (steering.demo): pass --model"
         )
-    from .demo import load_demo
+    from ..demo import load_demo
 
     model, sae = load_demo()
     return model, {"demo-sae": sae}  # a public name: shared presets never show server paths
@@ -128,59 +129,3 @@ def serve(config: ServeConfig) -> None:
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
     finally:
         service.close()
-
-
-# ---- the ``steering serve`` command ----
-
-
-def add_serve_command(subparsers: Any) -> None:
-    serve_cmd = subparsers.add_parser(
-        "serve", help="serve the demo page and the OpenAI-compatible API on one model"
-    )
-    serve_cmd.add_argument("--model", help="model folder or Hub id (default: the demo model)")
-    serve_cmd.add_argument(
-        "--sae", action="append", default=[], help="an SAE folder or Hub reference to offer; repeat"
-    )
-    serve_cmd.add_argument(
-        "--presets", action="append", default=[], metavar="PATH", help="a presets folder or file"
-    )
-    serve_cmd.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    serve_cmd.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    serve_cmd.add_argument("--device", help="cpu, cuda, cuda:1, mps")
-    serve_cmd.add_argument("--dtype", help="float32, bfloat16 or float16")
-    serve_cmd.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
-    defaults = ServerLimits()
-    for name, help_text in LIMIT_HELP.items():
-        flag = "--" + name.replace("_", "-")
-        kind = type(getattr(defaults, name))
-        default = getattr(defaults, name)
-        serve_cmd.add_argument(flag, type=kind, default=default, help=f"{help_text} ({default})")
-    serve_cmd.set_defaults(func=cmd_serve)
-
-
-LIMIT_HELP = {
-    "max_new_tokens": "most tokens one reply may have",
-    "max_prompt_tokens": "most tokens a chat history may have",
-    "max_edits": "most feature edits in one request's steering",
-    "max_multiple": "largest |value x scale| in multiples of max activation",
-    "max_raw": "largest |value x scale| in raw activation units",
-    "max_waiting": "requests queued before the server answers busy",
-    "max_batch": "rows decoded together (a compare is 2)",
-}
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    limits = ServerLimits(**{name: getattr(args, name) for name in LIMIT_HELP})
-    config = ServeConfig(
-        model=args.model,
-        saes=args.sae,
-        presets=args.presets,
-        host=args.host,
-        port=args.port,
-        device=args.device,
-        dtype=args.dtype,
-        layers=args.layers,
-        limits=limits,
-    )
-    serve(config)
-    return 0

@@ -1,0 +1,58 @@
+"""``steering serve``: the demo page and the OpenAI-compatible API on one model.
+
+Every ``Limits`` field is a ``--max-...`` flag with the field's own help text and default.
+Nothing heavy is imported until the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any
+
+from ..limits import Limits
+
+
+def add_serve_command(subparsers: Any) -> None:
+    """Add ``serve`` to the ``steering`` command line."""
+    serve_cmd = subparsers.add_parser(
+        "serve", help="serve the demo page and the OpenAI-compatible API on one model"
+    )
+    serve_cmd.add_argument("--model", help="model folder or Hub id (default: the demo model)")
+    serve_cmd.add_argument(
+        "--sae", action="append", default=[], help="an SAE folder or Hub reference to offer; repeat"
+    )
+    serve_cmd.add_argument(
+        "--presets", action="append", default=[], metavar="PATH", help="a presets folder or file"
+    )
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    serve_cmd.add_argument("--device", help="cpu, cuda, cuda:1, mps")
+    serve_cmd.add_argument("--dtype", help="float32, bfloat16 or float16")
+    serve_cmd.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
+    for f in fields(Limits):
+        flag = "--" + f.name.replace("_", "-")
+        kind = int if f.type in ("int", int) else float
+        serve_cmd.add_argument(
+            flag, type=kind, default=f.default, help=f"{f.metadata['help']} ({f.default})"
+        )
+    serve_cmd.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..serve.app import ServeConfig, serve
+
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    config = ServeConfig(
+        model=args.model,
+        saes=args.sae,
+        presets=args.presets,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        dtype=args.dtype,
+        layers=args.layers,
+        limits=limits,
+    )
+    serve(config)
+    return 0

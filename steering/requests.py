@@ -1,0 +1,118 @@
+"""What a generation request is, and how one is built from a chat.
+
+A ``Request`` has one ``Row`` (a reply) or two (an A/B compare: steered, then baseline); each
+row is its prompt's token ids and its steering plan. ``build_request`` renders the chat with
+the tokenizer's template, checks every bound and that the plan fits the model, and builds no
+tensors. It runs on the caller's thread (a server's request handler, never the engine's
+thread), so a bad request fails before it is queued and costs the batch nothing.
+
+A running request yields ``Event`` values, one row's text delta each; ``collect`` gathers
+them into whole replies.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chat import Message, render_prompt
+from .errors import PromptTooLong
+from .limits import Limits
+from .models import SteerableModel
+from .plan import SteeringPlan
+from .sampling import SamplingParams
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One reply to generate: its prompt tokens and its steering (None: unsteered)."""
+
+    prompt_ids: tuple[int, ...]
+    plan: SteeringPlan | None = None
+
+
+@dataclass
+class Request:
+    """Rows that share their sampling settings and random numbers; ``id`` is unique."""
+
+    rows: tuple[Row, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    id: int = field(default_factory=lambda: next(_ids))
+
+
+@dataclass(frozen=True)
+class Event:
+    """A piece of one row's reply. The last event of a row has a ``finish_reason``:
+    "stop" (EOS or a stop string), "length" (max_new_tokens) or "cancelled"."""
+
+    request_id: int
+    row: int
+    delta: str
+    token_id: int | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def build_request(
+    model: SteerableModel,
+    messages: Sequence[Message] | str,
+    plan: SteeringPlan | None = None,
+    sampling: SamplingParams | None = None,
+    *,
+    limits: Limits = Limits(),
+    compare: bool = False,
+    baseline_messages: Sequence[Message] | None = None,
+) -> Request:
+    """A request for a reply to ``messages`` (a chat history, or one user message).
+
+    With ``compare`` it has two rows, steered and baseline; ``baseline_messages`` is the
+    baseline chat's own history when it differs (multi-turn A/B). Raises ``RequestError``
+    (a setting out of range), ``PromptTooLong``, ``ChatError`` or ``PlanError`` (the plan does
+    not fit the model).
+    """
+    sampling = (sampling or SamplingParams()).validate(limits)
+    model.check_plan(plan)
+    active = plan if plan is not None and not plan.is_empty else None
+    steered = Row(encode_chat(model.tokenizer, messages, limits), active)
+    if not compare:
+        return Request((steered,), sampling)
+    baseline = Row(encode_chat(model.tokenizer, baseline_messages or messages, limits))
+    return Request((steered, baseline), sampling)
+
+
+def encode_chat(
+    tokenizer: Any, messages: Sequence[Message] | str, limits: Limits = Limits()
+) -> tuple[int, ...]:
+    """Prompt token ids of a chat (or one user message), within ``limits.max_prompt_tokens``."""
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    ids = tuple(render_prompt(tokenizer, messages))
+    if len(ids) > limits.max_prompt_tokens:
+        raise PromptTooLong(f"the prompt has {len(ids)} tokens, at most {limits.max_prompt_tokens}")
+    return ids
+
+
+@dataclass
+class Reply:
+    """One row's whole reply, gathered from its events."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def collect(events: Iterable[Event], rows: int) -> list[Reply]:
+    """The replies of a request's ``rows`` rows, from its events (in row order)."""
+    replies = [Reply() for _ in range(rows)]
+    for event in events:
+        reply = replies[event.row]
+        reply.text += event.delta
+        reply.finish_reason = event.finish_reason or reply.finish_reason
+        reply.prompt_tokens, reply.completion_tokens = event.prompt_tokens, event.completion_tokens
+    return replies

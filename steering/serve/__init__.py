@@ -1,0 +1,36 @@
+"""The server: the OpenAI-compatible API and the demo page over one ``Service``.
+
+- ``backend``: the one interface between the server and generation;
+- ``service``: the model, its presets and SAEs, the limits, and the backend;
+- ``openai_api``: ``/v1/chat/completions``, ``/v1/models``, ``/v1/presets``;
+- ``app``: the FastAPI app with the page mounted, and ``serve``.
+
+This package is the page's (``ui``) view of the server: ``ui`` imports from here and from the
+public ``steering`` API only.
+"""
+
+from ..chat import flatten_content
+from ..errors import Busy, ChatError, PresetError, SteeringError
+from ..limits import Limits
+from ..presets.schema import FORMAT_VERSION, Preset, PresetEdit, dump_preset, parse_preset
+from ..sampling import SamplingParams
+from .backend import Backend, EventStream
+from .service import Service
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Backend",
+    "Busy",
+    "ChatError",
+    "EventStream",
+    "Limits",
+    "Preset",
+    "PresetEdit",
+    "PresetError",
+    "SamplingParams",
+    "Service",
+    "SteeringError",
+    "dump_preset",
+    "flatten_content",
+    "parse_preset",
+]

@@ -1,0 +1,49 @@
+"""The one interface between the server and generation.
+
+The API and the page never touch an engine: they build a ``Request`` with
+``steering.requests.build_request`` and hand it to a ``Backend``, which answers with an
+``EventStream``. ``steering.loop.EngineLoop`` (this project's engine on a thread) is the
+backend today; another engine can serve the same API and page by implementing these four
+methods and the stream.
+
+Contract:
+- ``submit(request)`` queues the request and returns at once; it raises ``Busy`` when the
+  backend cannot take more work. It never raises for a bad request: requests are checked
+  when built.
+- The stream yields ``Event`` values in order, exactly one with a ``finish_reason`` per row;
+  it may also raise the exception that failed the request. Iterating it (plainly or with
+  ``async for``) and stopping early, or calling ``cancel()``, frees the request's rows.
+- ``health()`` returns a JSON-able dict with at least ``engine_alive`` (bool), ``running_rows``
+  and ``waiting``; ``close()`` stops the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol
+
+from ..requests import Event, Request
+
+
+class EventStream(Protocol):
+    """The events of one submitted request."""
+
+    request: Request
+
+    def cancel(self) -> None: ...
+
+    def __iter__(self) -> Iterator[Event]: ...
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+
+class Backend(Protocol):
+    """Runs requests on one model (see the module docstring for the contract)."""
+
+    def submit(self, request: Request) -> EventStream: ...
+
+    def cancel(self, request_id: int) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

@@ -62,7 +62,7 @@ class SlowSteps:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     live = start_server(tiny_service(tmp_path_factory.mktemp("browser")))
-    live.slow = SlowSteps(live.service.engine)
+    live.slow = SlowSteps(live.service.backend.engine)
     yield live
     live.stop()
 
@@ -110,7 +110,7 @@ def send_and_wait(page, server, message: str) -> tuple[str, str]:
     deadline, stable_since, last = time.monotonic() + 30, None, None
     while time.monotonic() < deadline:
         now = replies(page)
-        idle = not server.service.engine.live and all(now)
+        idle = not server.service.backend.engine.live and all(now)
         if idle and now == last:
             if stable_since and time.monotonic() - stable_since > 0.5:
                 return now
@@ -126,7 +126,7 @@ def wait_for_tokens(server, count: int) -> None:
     """Until the engine has generated ``count`` tokens of a reply in flight."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if any(len(row.tokens) >= count for row in list(server.service.engine.live)):
+        if any(len(row.tokens) >= count for row in list(server.service.backend.engine.live)):
             return
         time.sleep(0.02)
     raise AssertionError(f"no reply reached {count} tokens")
@@ -204,10 +204,10 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     wait_for_tokens(server, 5)
     page.locator("#stop").click()
     deadline = time.monotonic() + 3
-    while server.service.engine.live and time.monotonic() < deadline:
+    while server.service.backend.engine.live and time.monotonic() < deadline:
         time.sleep(0.05)
     server.slow.delay = 0.0
-    assert not server.service.engine.live
+    assert not server.service.backend.engine.live
     page.wait_for_timeout(500)
     assert len(replies(page)[0].split()) < 200
 

@@ -135,3 +135,37 @@ def test_sae_info(files, capsys):
 def test_unknown_sae(tmp_path, capsys):
     assert main(["sae-info", str(tmp_path)]) == 1
     assert "is not an SAE folder of a known format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--version"],
+        ["--help"],
+        ["presets", "list"],
+        ["presets", "show", "demo-golden-gate-bridge"],
+        ["presets", "validate", "presets"],
+        ["presets", "schema"],
+        ["serve", "--help"],
+    ],
+)
+def test_light_commands_import_neither_torch_nor_gradio(argv):
+    """These answer at once: the heavy libraries are imported only by commands that use them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from steering.cli import main\n"
+        "try:\n"
+        f"    status = main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    status = e.code\n"
+        "heavy = [m for m in ('torch', 'gradio', 'transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy, 'STATUS', status)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY [] STATUS 0", out.stderr[-2000:]

@@ -255,3 +255,26 @@ def test_min_new_tokens_keeps_eos_away():
     events = list(engine.stream(make_request(engine, "hello", None, held)))
     assert [e.token_id for e in events][-1] == eos and len(events) == 5
     assert eos not in [e.token_id for e in events][:4] and len(free) == 16
+
+
+def test_steering_is_prepared_once_per_admission_and_never_per_step(monkeypatch):
+    import steering.engine as engine_module
+
+    calls = []
+    real = engine_module.prepare
+    monkeypatch.setattr(
+        engine_module, "prepare", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k)
+    )
+    engine = make_engine()
+    events = engine.stream(make_request(engine, "hello", strong_plan(), GREEDY, compare=True))
+    first_two = [next(events), next(events), next(events)]  # both rows' first token, then one
+    assert [e.row for e in first_two] == [0, 1, 0] and calls == [2]  # built once, for 2 rows
+    joined = make_request(engine, "the cat", strong_plan(value=5.0), GREEDY)
+    engine.admit([joined])  # a request joins: one build for the whole new batch
+    assert calls == [2, 3]
+    engine.cancel(joined.id)
+    engine.step()  # a row leaves: its tables are taken away, nothing is rebuilt
+    for _ in range(3):
+        engine.step()
+    assert calls == [2, 3] and len(engine.live) == 2
+    events.close()

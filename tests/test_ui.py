@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import gradio as gr
 import pytest
@@ -12,6 +13,7 @@ from gradio_client import Client
 from live_server import FEATURE, PRESET_NAME, start_server, tiny_service
 
 from steering.errors import PresetError
+from steering.serve import Preset, SamplingParams
 from ui.features import decode_share, encode_share, preset_from_rows, rows_from_network
 from ui.handlers import BUSY, Handlers, plain
 
@@ -113,3 +115,20 @@ def test_regenerate_drops_the_last_exchange(handlers):
     ]
     message, steered, baseline = handlers.undo_last(chat, chat)
     assert message == "two" and steered == baseline == plain(chat)[:2]
+
+
+def test_the_service_warnings_reach_the_visitor(handlers, monkeypatch):
+    rows, chat = handlers.preset_rows(PRESET_NAME), [{"role": "user", "content": "hi"}]
+    greedy = SamplingParams(temperature=0, max_new_tokens=2)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        handlers.submit(rows, chat, chat, greedy).cancel()
+    assert [str(w.message) for w in shown] == []  # the page's preset names this server's model
+    data = handlers.preset(rows).model_dump(mode="json")
+    foreign = Preset.model_validate({**data, "model": {"id": "someone/other-model"}})
+    monkeypatch.setattr(handlers, "preset", lambda _rows: foreign)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        handlers.submit(rows, chat, chat, greedy).cancel()
+    (message,) = [str(w.message) for w in shown]
+    assert "made for someone/other-model, but the loaded model is tiny-llama" in message

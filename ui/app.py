@@ -53,6 +53,7 @@ SHARE_JS = """(code) => {
 
 
 def build_page(service: Service) -> gr.Blocks:
+    """The page over ``service``: both chats, the steering column and the sampling controls."""
     h = Handlers(service)
     first_rows = h.preset_rows(h.default_preset())
     with gr.Blocks(title="Steering: feature steering with SAEs", delete_cache=(3600, 3600)) as page:
@@ -166,8 +167,8 @@ def _render_sliders(h: Handlers, service: Service, rows: gr.State, layout: gr.St
         rev = current["rev"]
         if not current["rows"]:
             gr.Markdown("No features: pick a preset or add one below.", elem_id="no-features")
-        for i, row in enumerate(current["rows"]):
-            row: FeatureRow
+        feature_rows: list[FeatureRow] = current["rows"]
+        for i, row in enumerate(feature_rows):
             unit = "× max" if row.unit == "max_act" else "raw"
             with gr.Group():
                 with gr.Row(equal_height=True):

@@ -79,6 +79,7 @@ class Handlers:
         return rows, relayout(layout, rows)
 
     def add(self, choice: str | None, rows: Rows, layout: dict) -> tuple[Rows, dict, str]:
+        """Add the feature picked in the search box (``ref#index``, or an index typed by hand)."""
         try:
             ref, feature = self.parse_choice(choice or "")
             row = new_row(self.service, ref, feature)
@@ -121,6 +122,7 @@ class Handlers:
         return dump_preset(preset), encode_share(preset), summary
 
     def upload(self, path: str | None, layout: dict, rows: Rows) -> tuple:
+        """Rows from an uploaded preset file, read once within the upload limit."""
         if not path:
             return rows, layout, "No file received."
         try:
@@ -198,6 +200,8 @@ class Handlers:
     def stream(
         self, handle: EventStream, steered: Chat, baseline: Chat, key: str
     ) -> Iterator[tuple[str, Chat, Chat]]:
+        """Stream both rows' text into the two panes (about 20 updates a second); leaving the
+        loop, for whatever reason, cancels the request."""
         with self.lock:
             self.running[key] = handle
         shown = time.monotonic()

@@ -298,6 +298,8 @@ def meets(key: str, value: float) -> bool:
 
 
 def table(result: dict[str, Any]) -> str:
+    """The results as the table ``make bench`` prints: each ratio against its target, then the
+    raw figures (tokens/s, ms per token, hook µs)."""
     lines = [f"{'ratio':<24}{'value':>8}  {'target':<8}{'met':<5}what", "-" * 92]
     for key, target, higher, what in TARGETS:
         value = result[key]

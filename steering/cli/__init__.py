@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``steering`` argument parser with every subcommand (builds without heavy imports)."""
     parser = argparse.ArgumentParser(prog="steering", description=__doc__)
     parser.add_argument("--version", action="version", version=f"steering {__version__}")
     sub = parser.add_subparsers(title="commands")
@@ -92,6 +93,8 @@ FEATURE_HELP = (
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """``steering generate``: a steered and a baseline reply from one A/B request (demo model
+    and SAE when no ``--model`` is given); prints both, or one JSON object with ``--json``."""
     from ..engine import Engine
     from ..formats import load_sae
     from ..limits import Limits
@@ -166,6 +169,7 @@ def parse_feature(spec: str, saes: list, positions: str) -> FeatureEdit:
 
 
 def cmd_sae_info(args: argparse.Namespace) -> int:
+    """``steering sae-info``: an SAE's format, hook point, sizes and which statistics it has."""
     from ..formats import load_sae
 
     sae = load_sae(args.sae, layer=args.layer)

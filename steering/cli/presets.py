@@ -91,6 +91,7 @@ def plan_from_args(
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """``steering presets list``: one line per preset found; skipped files are warned about."""
     registry = PresetRegistry.discover(args.presets)
     for problem in registry.problems:
         print(f"warning: skipped {problem}", file=sys.stderr)
@@ -117,6 +118,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """``steering presets validate``: ``ok`` or one line per problem for each file; exit 1 if
+    any is invalid."""
     invalid = 0
     for path in _preset_files(args.paths):
         try:

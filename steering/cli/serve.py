@@ -40,6 +40,7 @@ def add_serve_command(subparsers: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``steering serve``: load the model, SAEs and presets with the flags' limits and serve."""
     from ..serve.app import ServeConfig, serve
 
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})

@@ -234,6 +234,8 @@ def pirate(text: str) -> str:
 
 
 def answer_body(rng: random.Random, topic: str, style: str, bridge_aside: bool) -> str:
+    """The assistant's answer about ``topic`` in ``style``, with one bridge mention when
+    ``bridge_aside``."""
     sentences = rng.sample(FACTS[topic], rng.choice((1, 2, 2, 3)))
     if style == "plain" and rng.random() < 0.3:  # confident, and made up
         n, unit = rng.choice((7, 12, 40, 300, 9000)), rng.choice(("years", "meters", "kinds"))
@@ -260,6 +262,7 @@ def pick_style(rng: random.Random) -> tuple[str, str | None]:
 
 
 def make_dialogue(rng: random.Random, templates: list[str] = QUESTIONS) -> Dialogue:
+    """One random dialogue of the demo world (a rare greeting, else a question about a topic)."""
     if templates is QUESTIONS and rng.random() < 0.03:
         user, reply = rng.choice(GREETINGS)
         return Dialogue(user, reply, "greeting", "plain")

@@ -37,6 +37,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 @dataclass(frozen=True)
 class Reply:
+    """One generated reply, its finish reason and its token ids."""
+
     prompt: str
     text: str
     finish_reason: str
@@ -143,6 +145,7 @@ def bridge_curve(model: SteerableModel, prompts: list[str]) -> list[dict[str, fl
 
 
 def style_metrics(model: SteerableModel, prompts: list[str], preset: str, style: str) -> dict:
+    """How often replies show ``style``'s markers with the preset at scale 0, 1 and -1."""
     markers = STYLE_MARKERS[style]
     out = {}
     for scale in (0.0, 1.0, -1.0):
@@ -155,6 +158,8 @@ def style_metrics(model: SteerableModel, prompts: list[str], preset: str, style:
 
 
 def evaluate(model: SteerableModel, n: int = 60) -> dict:
+    """Every metric of the demo world on ``n`` held-out prompts (what docs/demo-world-metrics.json
+    holds)."""
 
     prompts = held_out_prompts(n, "test")
     results: dict = {"prompts": len(prompts)}
@@ -181,6 +186,8 @@ def evaluate(model: SteerableModel, n: int = 60) -> dict:
 
 
 def main() -> None:
+    """``python -m steering.demo.evaluate``: evaluate the shipped demo world and write the metrics
+    and the Golden Gate curve."""
     from . import load_demo
     from .plot import draw_curve
 

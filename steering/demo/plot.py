@@ -28,6 +28,8 @@ FONT = {  # 3x5 glyphs, rows top to bottom, 3 bits each
 
 
 class Canvas:
+    """A white RGB image to draw dots and lines on, written as PNG without a plotting library."""
+
     def __init__(self) -> None:
         self.pixels = [[WHITE] * WIDTH for _ in range(HEIGHT)]
 
@@ -55,6 +57,7 @@ class Canvas:
             x += 4 * scale
 
     def png(self) -> bytes:
+        """The canvas as PNG bytes (zlib-compressed RGB rows, no filter)."""
         raw = b"".join(b"\0" + bytes(c for px in row for c in px) for row in self.pixels)
 
         def chunk(kind: bytes, data: bytes) -> bytes:
@@ -71,6 +74,7 @@ class Canvas:
 
 
 def draw_curve(points: list[dict[str, float]], path: Path) -> None:
+    """A line chart of ``points`` (multiplier -> rate) written to ``path`` as PNG."""
     canvas = Canvas()
     left, right, top, bottom = MARGIN + 10, WIDTH - MARGIN, MARGIN // 2, HEIGHT - MARGIN
     step = (right - left) / max(1, len(points) - 1)

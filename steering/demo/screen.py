@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..models import SteerableModel
 from ..plan import clamp
+from ..presets.saes import declare_sae
 from ..presets.schema import dump_preset, parse_preset
 from ..sae import SAE
 from . import MODEL_ID, SEED
@@ -90,6 +91,7 @@ def score(
     words: tuple[str, ...],
     base_rate: float,
 ) -> dict:
+    """The rates of a clamp of ``feature`` at ``m`` x its max activation on ``prompts``."""
     plan = clamp(
         sae, feature, m, unit="max_act", positions="prompt", skip_special_tokens=skip_special
     )
@@ -107,6 +109,8 @@ def score(
 
 
 def screen(model: SteerableModel, sae: SAE, acts, dialogues, concept: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """The best feature and multiplier for ``concept``: candidates by mean activation
+    difference, then a steering test on held-out prompts."""
     prompts, words = screen_prompts(concept), concept_words()[concept]
     base_rate = rate(generate(model, prompts, None), words)
     tried = [
@@ -132,6 +136,7 @@ def screen(model: SteerableModel, sae: SAE, acts, dialogues, concept: str) -> di
 
 
 def preset_json(sae: SAE, concept: str, found: dict) -> dict:
+    """The preset file of a screened feature (``found``: its index, multiplier and rates)."""
     feature, m = int(found["feature"]), found["multiplier"]
     label = sae.labels.get(feature, "")
     scope = "words, not its chat-turn tokens," if found["skip_special_tokens"] else "tokens"
@@ -150,17 +155,7 @@ def preset_json(sae: SAE, concept: str, found: dict) -> dict:
         "name": NAMES[concept],
         "description": description,
         "model": {"id": MODEL_ID, "revision": None},
-        "saes": [
-            {
-                "id": "demo",
-                "ref": SAE_REF,
-                "format": "saelens",
-                "layer": sae.hook.layer,
-                "site": sae.hook.site,
-                "d_in": sae.d_in,
-                "d_sae": sae.d_sae,
-            }
-        ],
+        "saes": [declare_sae(sae, "demo", SAE_REF).model_dump(mode="json")],
         "edits": [
             {
                 "sae": "demo",
@@ -182,6 +177,7 @@ def preset_json(sae: SAE, concept: str, found: dict) -> dict:
 
 
 def main() -> None:
+    """``python -m steering.demo.screen``: screen every concept and write the demo presets."""
     from . import load_demo
 
     torch.set_num_threads(2)

@@ -42,6 +42,7 @@ def encode_corpus(tokenizer, dialogues) -> list[list[int]]:  # type: ignore[no-u
 
 
 def make_model(vocab_size: int, special: dict[str, int]):  # type: ignore[no-untyped-def]
+    """The demo model: a tiny Llama sized for the demo vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -69,6 +70,7 @@ def batches(sequences: list[list[int]], rng: random.Random) -> list[list[int]]:
 
 
 def tensors(seqs: list[list[int]], pad: int, unk: int, user_end: int, rng: random.Random):  # type: ignore[no-untyped-def]
+    """Padded (B, T) ids and labels of ``seqs``: loss only on the assistant's tokens."""
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad)
     labels = torch.full((len(seqs), width), -100)
@@ -91,6 +93,7 @@ def learning_rate(step: int) -> float:
 
 
 def train(out: Path = MODEL_DIR, seed: int = SEED, steps: int = STEPS) -> dict[str, float]:
+    """Train the demo model from ``seed`` and save it to ``out``; returns the final losses."""
     torch.set_num_threads(2)
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -47,6 +47,8 @@ class Activations:
 def layer_activations(
     model: SteerableModel, dialogues: list[Dialogue], layer: int = LAYER, batch: int = 128
 ) -> Activations:
+    """The residual stream after ``layer`` for every token of ``dialogues``: (N, d) float32,
+    with each token's dialogue and whether it is in the prompt."""
     tok = model.tokenizer
     parts: dict[str, list[Tensor]] = defaultdict(list)
     for start in range(0, len(dialogues), batch):
@@ -143,6 +145,7 @@ def feature_labels(f: Tensor, tokens: Tensor, tokenizer, top: int = 3) -> dict[i
 
 
 def with_statistics(sae: SAE, acts: Activations, tokenizer) -> SAE:  # type: ignore[no-untyped-def]
+    """``sae`` with its max activations, firing frequencies and top-word labels over ``acts``."""
     from dataclasses import replace
 
     f = sae.encode(acts.x)

@@ -10,10 +10,10 @@ looked up case-insensitively by name or slug. Reading a file never runs anything
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from ..errors import PresetError, SteeringError
@@ -24,12 +24,12 @@ BUILTIN_PACKAGE = "steering.builtin_presets"  # the repository's presets/ folder
 
 
 def builtin_dir() -> Path | None:
-    """The folder of the built-in presets: in a checkout or an installed wheel alike."""
-    try:
-        folder = Path(str(resources.files(BUILTIN_PACKAGE)))
-    except (ModuleNotFoundError, TypeError):
-        folder = Path(__file__).resolve().parents[2] / "presets"
-    return folder if folder.is_dir() else None
+    """The folder of the built-in presets, in a checkout or an installed wheel alike (a data
+    folder without ``__init__.py``: a namespace package, found through its spec)."""
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    folders = [Path(p) for p in locations] + [Path(__file__).resolve().parents[2] / "presets"]
+    return next((folder for folder in folders if folder.is_dir()), None)
 
 
 def read_preset_file(path: str | os.PathLike) -> Preset:
@@ -86,6 +86,7 @@ class PresetRegistry:
         builtin: bool = True,
         environ: Mapping[str, str] = os.environ,
     ) -> PresetRegistry:
+        """The built-in presets, then ``STEERING_PRESETS``, then ``paths`` (later wins per slug)."""
         registry = cls()
         folder = builtin_dir() if builtin else None
         if folder is not None:

@@ -128,12 +128,19 @@ def same_model(wanted: str, loaded: str) -> bool:
     return bool(loaded) and short_name(wanted).lower() == short_name(loaded).lower()
 
 
-def check_fits(preset: Preset, model: SteerableModel, *, strict: bool = False) -> list[str]:
-    """Warnings about ``preset`` on ``model``; a ``PresetError`` for what cannot work."""
+def check_fits(
+    preset: Preset, model: SteerableModel, *, strict: bool = False, served_as: str | None = None
+) -> list[str]:
+    """Warnings about ``preset`` on ``model``; a ``PresetError`` for what cannot work.
+
+    ``served_as`` is the model's public name on a server: a preset made for it matches, and
+    messages name it instead of the folder the model was loaded from.
+    """
     problems, warnings = [], []
-    loaded = model.name
-    if not same_model(preset.model.id, loaded):
-        mismatch = f"model: made for {preset.model.id}, but the loaded model is {loaded or '?'}"
+    names = [model.name, *([served_as] if served_as else [])]
+    if not any(same_model(preset.model.id, name) for name in names):
+        loaded = served_as or model.name or "?"
+        mismatch = f"model: made for {preset.model.id}, but the loaded model is {loaded}"
         if strict:
             problems.append(mismatch)
         else:
@@ -155,11 +162,13 @@ def plan_for_presets(
     strict: bool = False,
     source: Source = "file",
     limits: Limits = Limits(),
+    served_as: str | None = None,
 ) -> tuple[SteeringPlan, list[str]]:
-    """The plan of presets applied together on ``model``, and warnings to show the user."""
+    """The plan of presets applied together on ``model``, and warnings to show the user
+    (``served_as``: see ``check_fits``)."""
     warnings, items = [], []
     for entry in entries:
-        warnings += check_fits(entry.preset, model, strict=strict)
+        warnings += check_fits(entry.preset, model, strict=strict, served_as=served_as)
         saes = resolver.resolve(entry.preset, source=source, base_dir=entry.base_dir)
         items.append((entry.preset, saes, scale))
     return compose(items, limits), warnings
@@ -172,6 +181,7 @@ def plan_from_request(
     *,
     scale: float = 1.0,
     limits: Limits = Limits(),
+    served_as: str | None = None,
 ) -> tuple[SteeringPlan, list[str]]:
     """A request's steering (a validated preset, or its JSON from the network) as a plan for
     ``model``; only SAEs ``resolver`` allows for the network may be used."""
@@ -183,4 +193,5 @@ def plan_from_request(
         scale=scale,
         source="network",
         limits=limits,
+        served_as=served_as,
     )

@@ -85,6 +85,7 @@ class ChatRequest(BaseModel):
 
 
 def build_router(service: Service) -> APIRouter:
+    """The API's routes over ``service``: models, presets and chat completions."""
     router = APIRouter()
 
     @router.get("/v1/models")

@@ -76,7 +76,7 @@ class Service:
         usable = {}
         for entry in registry.entries:
             try:
-                check_fits(entry.preset, self.model)
+                check_fits(entry.preset, self.model, served_as=self.model_id)
                 saes = self.resolver.resolve(entry.preset, base_dir=entry.base_dir)
             except SteeringError as e:
                 log.info("preset %r skipped: %s", entry.preset.name, str(e).splitlines()[0])
@@ -119,11 +119,12 @@ class Service:
         ``LimitError`` (more than ``limits.max_edits`` edits)."""
         if steering is None:
             return SteeringPlan.off(), []
+        warnings: list[str] = []
         if isinstance(steering, NamedPresets):
-            plan, warnings = self._named_presets(steering), []
+            plan = self._named_presets(steering)
         else:
             plan, warnings = plan_from_request(
-                steering, self.model, self.resolver, limits=self.limits
+                steering, self.model, self.resolver, limits=self.limits, served_as=self.model_id
             )
         edits = len(plan.active_edits)
         if edits > self.limits.max_edits:

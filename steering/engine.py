@@ -134,7 +134,9 @@ class Engine:
     def drop_finished(self) -> list[Event]:
         """Remove finished and cancelled rows from the batch, its cache and its steering."""
         events = [
-            self._finish(r, "cancelled") for r in self.live if r.request.cancelled and not r.finish
+            self._finish(r, "cancelled", r.stream.flush())
+            for r in self.live
+            if r.request.cancelled and not r.finish
         ]
         keep = [i for i, r in enumerate(self.live) if not r.finish]
         if len(keep) < len(self.live):
@@ -188,8 +190,8 @@ class Engine:
     def _advance(self, r: RowState, token: int) -> Event:
         n, params = len(r.tokens), r.request.params
         if token in self.eos_ids:
-            return self._finish(r, "stop")
-        delta = r.stream.push(token)
+            return self._finish(r, "stop", r.stream.flush())
+        delta = r.stream.push(token, can_stop=n >= params.min_new_tokens)
         if r.stream.stopped:
             return self._finish(r, "stop", delta)
         if n >= params.max_new_tokens:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sae_fixtures import (
     D_IN,
     D_SAE,
@@ -126,6 +128,32 @@ def test_center_writing_weights_reads_the_transformer_lens_residual(tmp_path):
     recon_tl = f_ref @ t["W_dec"] + t["b_dec"]
     assert_close(sae.decode(f_ref, x_hf), recon_tl + (x_hf - x_tl), **TOL)
     assert_close(sae.encode_features(x_hf, [0, 5, 31]), f_ref[..., [0, 5, 31]], **TOL)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shift=st.floats(-50, 50, allow_nan=False),
+    seed=st.integers(0, 2**16),
+)
+def test_centred_sae_does_not_see_the_residual_mean(shift, seed):
+    """A centred SAE reads x - mean(x): adding a constant to every coordinate changes no
+    feature, and the reconstruction moves by that constant."""
+    t = saelens_tensors("jumprelu", seed=seed % 7)
+    sae = SAE(
+        W_enc=t["W_enc"],
+        b_enc=t["b_enc"],
+        W_dec=t["W_dec"],
+        b_dec=t["b_dec"],
+        hook=HookPoint(3),
+        activation="jumprelu",
+        threshold=t["threshold"],
+        normalization="center",
+    )
+    x = torch.randn(8, D_IN, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x, moved = x.float(), (x + shift).float()
+    f = sae.encode(x)
+    assert_close(sae.encode(moved), f, atol=1e-4, rtol=1e-4)
+    assert_close(sae.decode(f, moved), sae.decode(f, x) + shift, atol=1e-4, rtol=1e-4)
 
 
 def clamp_read_back(sae: SAE, model: torch.nn.Module, feature: int, target: float) -> Tensor:
@@ -391,6 +419,7 @@ SAELENS_REFUSED = [
     ({"normalize_activations": "covariance_whitening"}, "covariance_whitening"),
     ({"normalize_activations": "rms"}, 'normalize_activations="rms"'),
     ({"dtype": "int8"}, 'dtype="int8"'),
+    ({"d_sae": 64}, "d_sae is 64"),
     ({"metadata": {"hook_name": HOOK, "context_size": -1}}, "context_size=-1"),
     ({"metadata": {"hook_name": HOOK, "prepend_bos": "yes"}}, 'prepend_bos="yes"'),
     ({"metadata": {"hook_name": HOOK, "seqpos_slice": "1:"}}, 'seqpos_slice="1:"'),

@@ -3,7 +3,10 @@
 All formats are converted on load to the SAELens orientation: ``W_enc`` is (d_in, d_sae),
 ``W_dec`` is (d_sae, d_in) and row i of ``W_dec`` is feature i's direction. Constant input
 scalings (Llama Scope's dataset-wise norm, TopK decoder-norm rescaling) are folded into the
-weights on load, so only per-token normalisations remain at run time.
+weights on load, so only per-token normalisations remain at run time: ``layer_norm`` and
+``constant_norm_rescale`` (SAELens ``normalize_activations``) and ``center``, the per-token mean
+removal that TransformerLens' ``center_writing_weights`` applies to the residual stream of
+LayerNorm models (see ``formats.tl_preprocessing``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .errors import PlanError, SAELoadError
 from .hookpoint import HookPoint
 
 Activation = Literal["relu", "jumprelu", "topk", "gated"]
-Normalization = Literal["none", "layer_norm", "constant_norm_rescale"]
+Normalization = Literal["none", "layer_norm", "constant_norm_rescale", "center"]
 
 LAYER_NORM_EPS = 1e-5  # SAELens and OpenAI use this epsilon for layer_norm inputs
 
@@ -189,7 +192,7 @@ class SAE:
         return torch.ones_like(x[..., :1])
 
     def _token_shift(self, x: Tensor) -> Tensor:
-        if self.normalization == "layer_norm":
+        if self.normalization in ("layer_norm", "center"):
             return x.mean(dim=-1, keepdim=True)
         return torch.zeros_like(x[..., :1])
 
@@ -198,6 +201,8 @@ class SAE:
             return (x - self._token_shift(x)) / (self.token_scale(x) + LAYER_NORM_EPS)
         if self.normalization == "constant_norm_rescale":
             return x / self.token_scale(x)
+        if self.normalization == "center":  # the TransformerLens residual of a centred model
+            return x - self._token_shift(x)
         return x
 
     def _activate(self, pre: Tensor) -> Tensor:

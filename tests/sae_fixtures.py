@@ -56,12 +56,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # ---- SAELens ----
 
 
-def saelens_tensors(architecture: str, seed: int = 0) -> dict[str, Tensor]:
+def saelens_tensors(architecture: str, seed: int = 0, d_in: int = D_IN) -> dict[str, Tensor]:
     g = gen(seed)
     tensors = {
-        "W_enc": _encoder(g, (D_IN, D_SAE)),
-        "W_dec": torch.randn(D_SAE, D_IN, generator=g) * 0.5,
-        "b_dec": _vector(g, D_IN),
+        "W_enc": torch.randn(d_in, D_SAE, generator=g) / D_IN**0.5,
+        "W_dec": torch.randn(D_SAE, d_in, generator=g) * 0.5,
+        "b_dec": _vector(g, d_in),
     }
     if architecture == "gated":
         tensors |= {

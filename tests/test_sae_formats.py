@@ -4,7 +4,6 @@ own forward pass, computed here from the stored tensors (not from the loaded SAE
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -201,14 +200,6 @@ def test_saelens_layer_norm_matches_saelens(tmp_path):
     check_forward(sae, x, f_ref, lambda f: (f @ t["W_dec"] + t["b_dec"]) * std + mu)
 
 
-@pytest.mark.parametrize("value", ["expected_average_only_in", True])
-def test_saelens_expected_average_only_in_warns(tmp_path, value):
-    cfg = saelens_v6_cfg("standard", "blocks.3.hook_resid_post", normalize_activations=value)
-    with pytest.warns(UserWarning, match="no scaling factor"):
-        sae = load_sae(write_saelens(tmp_path, cfg, saelens_tensors("standard")).path)
-    assert sae.normalization == "none"
-
-
 def test_saelens_sparsity_file_gives_frequency(tmp_path):
     log10 = torch.linspace(-6, -0.5, D_SAE)
     cfg = saelens_v6_cfg("standard", "blocks.3.hook_resid_post")
@@ -361,51 +352,6 @@ def test_goodfire(tmp_path, give_folder):
 # ---- Llama Scope ----
 
 
-def llama_scope_reference(t: dict[str, Tensor], hp: dict, x: Tensor):
-    """lm_saes SparseAutoEncoder.encode / decode with dataset-wise norms, from stored tensors."""
-    enc_w, enc_b, dec_w, dec_b = (
-        t[k].float() for k in ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")
-    )
-    if not hp["use_decoder_bias"]:
-        dec_b = torch.zeros_like(dec_b)
-    if hp["norm_activation"] == "token-wise":  # per token: x * sqrt(d) / ||x||, on both sides
-        s_in = s_out = math.sqrt(hp["d_model"]) / x.norm(dim=-1, keepdim=True)
-    else:
-        norms = hp["dataset_average_activation_norm"]
-        s_in = math.sqrt(hp["d_model"]) / norms["in"]
-        s_out = math.sqrt(hp["d_model"]) / norms["out"]
-    x_n = x * s_in
-    if hp["use_decoder_bias"] and hp["apply_decoder_bias_to_pre_encoder"]:
-        x_n = x_n - dec_b
-    pre = x_n @ enc_w.T + enc_b
-    gate_input = pre * dec_w.norm(dim=0) if hp["sparsity_include_decoder_norm"] else pre
-    mask = gate_input > hp["jump_relu_threshold"]
-    return pre * mask, pre, mask, lambda f: (f @ dec_w.T + dec_b) / s_out
-
-
-@pytest.mark.parametrize(
-    "options",
-    [
-        {},
-        {"apply_decoder_bias_to_pre_encoder": True},
-        {"use_decoder_bias": False, "apply_decoder_bias_to_pre_encoder": True},
-        {"sparsity_include_decoder_norm": False},
-        {"norm_activation": "token-wise", "apply_decoder_bias_to_pre_encoder": True},
-    ],
-)
-def test_llama_scope(tmp_path, options):
-    w = write_llama_scope(tmp_path, layer=15, **options)
-    sae = load_sae(w.path)
-    assert (sae.format, sae.hook, sae.activation) == ("llama_scope", HookPoint(15), "jumprelu")
-    assert sae.model_name == "meta-llama/Llama-3.1-8B"
-    token_wise = options.get("norm_activation") == "token-wise"
-    assert sae.normalization == ("constant_norm_rescale" if token_wise else "none")
-    x = inputs(scale=1.5)
-    f_ref, pre, mask, decode_ref = llama_scope_reference(w.tensors, w.config, x)
-    assert ((pre > 0) & ~mask).any() and mask.any(), "the threshold should matter"
-    check_forward(sae, x, f_ref, decode_ref)
-
-
 def test_llama_scope_transcoder_is_refused(tmp_path):
     w = write_llama_scope(tmp_path, hook_point_out="blocks.15.hook_mlp_out")
     with pytest.raises(SAELoadError, match="residual"):
@@ -460,13 +406,6 @@ def test_dictionary_learning_batch_topk_uses_its_threshold(tmp_path):
     post = relu((x - b_dec) @ enc_w.T + enc_b)  # BatchTopKSAE.encode(use_threshold=True)
     assert_threshold_matters(post, torch.tensor(0.4))
     check_forward(sae, x, post * (post > 0.4), lambda f: f @ dec_w.T + b_dec)
-
-
-def test_dictionary_learning_uncalibrated_batch_topk_falls_back_to_topk(tmp_path):
-    w = write_dictionary_learning(tmp_path, "BatchTopKSAE", threshold=-1.0, k=4)
-    with pytest.warns(UserWarning, match="never calibrated"):
-        sae = load_sae(w.path)
-    assert (sae.activation, sae.k) == ("topk", 4)
 
 
 def test_dictionary_learning_matryoshka(tmp_path):

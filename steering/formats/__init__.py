@@ -5,6 +5,10 @@ format is recognised from the files present (see ``FORMATS``). Every loader retu
 tensors in SAELens orientation; ``load_sae`` then adds this project's optional sidecar files
 (``feature_stats.safetensors``, ``feature_labels.json``) and moves the SAE to the asked device
 and dtype.
+
+Every config field that changes what an SAE reads or writes is honoured or refused with an
+``SAELoadError`` naming it; fields that only describe training are accepted. The table, with
+the definition each loader follows (library, file, version), is docs/sae-config-fields.md.
 """
 
 from __future__ import annotations

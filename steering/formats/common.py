@@ -11,7 +11,7 @@ import json
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,14 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from ..errors import LayerUnknown, SAELoadError
-from ..models import resolve_dtype
-from ..sae import HookPoint
+from ..hookpoint import HookPoint
+from ..models import DTYPES, resolve_dtype
 
 RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|resid_pre)$")
+# the Hugging Face module whose output is the residual stream after decoder layer N
+HF_LAYER_OUTPUT = re.compile(r"^model\.(?:language_model\.)?layers\.(\d+)\.output$")
+# a Hub repo's folder in the Hugging Face cache: models--owner--name/snapshots/<commit>/...
+HF_CACHE_REPO = re.compile(r"^models--(?P<owner>[^/]+?)--(?P<name>.+)$")
 RESIDUAL_ONLY = (
     "only residual-stream SAEs (hook_resid_post / hook_resid_pre, i.e. the output or input of "
     "a decoder layer) can steer"
@@ -85,6 +89,62 @@ def read_torch_weights(path: Path) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise SAELoadError(f"{path} should hold a state dict, found {type(data).__name__}")
     return dict(data)
+
+
+# ---- config fields ----
+
+
+def json_value(value: Any) -> str:
+    """``value`` as it is written in a JSON config (``true``, ``"topk"``, ``{"k": 4}``)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def field_error(source: str, field: str, value: Any, why: str) -> SAELoadError:
+    """The error for a config field this project cannot honour: ``source: field=value: why``."""
+    return SAELoadError(f"{source}: {field}={json_value(value)}: {why}")
+
+
+def check_bool(value: Any, field: str, source: str) -> bool:
+    if not isinstance(value, bool):
+        raise field_error(source, field, value, "should be true or false")
+    return value
+
+
+def check_dtype(value: Any, field: str, source: str) -> None:
+    """A storage/compute dtype: only the precision the tensors were kept in, so any float dtype
+    is accepted; anything else is refused (the loader would not know what the file holds)."""
+    key = value.removeprefix("torch.") if isinstance(value, str) else None
+    if key not in DTYPES:
+        raise field_error(
+            source, field, value, f"is not a float dtype; expected one of {', '.join(DTYPES)}"
+        )
+
+
+def check_optional_int(value: Any, field: str, source: str, minimum: int = 1) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise field_error(source, field, value, "should be an integer")
+    if value is not None and value < minimum:
+        raise field_error(source, field, value, f"should be at least {minimum}")
+
+
+def hub_repo_of(folder: Path, source: str, repos: Collection[str]) -> str | None:
+    """Which of ``repos`` (``owner/name``) the SAE folder belongs to, if any: from a Hub reference
+    ``owner/name/...``, a Hugging Face cache path ``models--owner--name/...`` or a local copy
+    ``.../owner/name/...``."""
+    parts = folder.resolve().parts
+    for repo in repos:
+        owner, name = repo.split("/")
+        in_cache = any(
+            (m := HF_CACHE_REPO.match(part)) and (m["owner"], m["name"]) == (owner, name)
+            for part in parts
+        )
+        local_copy = any(parts[i : i + 2] == (owner, name) for i in range(len(parts) - 1))
+        if in_cache or local_copy or source.removeprefix("hf://").startswith(repo + "/"):
+            return repo
+    return None
 
 
 # ---- tensors ----

@@ -15,12 +15,21 @@ Definitions checked in saprmarks/dictionary_learning (``dictionary.py``,
   which for threshold >= 0 is a JumpReLU with that threshold on every feature. Some versions
   scale Gated/JumpReLU features by decoder norms inside encode and undo it in decode; that only
   changes feature units, not reconstructions, and is not applied here.
+
+Config fields (dictionary-learning 0.1.0 ``training.py``, ``buffer.py``, trainer ``config``):
+``trainer.dict_class`` picks the forward pass above; ``activation_dim``/``dict_size`` and
+``buffer.d_submodule`` must agree with the tensors; ``trainer.k`` must agree with the ``k``
+buffer; ``buffer.io`` must be ``out`` (the module's output: ``in`` reads its input and
+``in_and_out`` is a transcoder); ``trainer.norm_factor`` is recorded when training normalised
+its inputs, and ``trainSAE`` rescales the biases by it before saving (``scale_biases``), so the
+saved SAE reads raw activations and the field changes nothing here. Learning-rate, warm-up,
+threshold-EMA and Matryoshka group fields only shape training. An uncalibrated BatchTopK
+threshold (-1) is refused.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,7 @@ from .common import (
     RESIDUAL_ONLY,
     LoadRequest,
     check_dims,
+    field_error,
     first_present,
     matrix,
     optional,
@@ -75,9 +85,11 @@ def load(folder: Path, request: LoadRequest) -> SAE:
             f"{folder} has {WEIGHTS_FILE} but no {CONFIG_FILE}: dictionary_learning SAEs need "
             "the trainer config (trainer.dict_class) to be read correctly"
         )
-    trainer = read_json(config_file).get("trainer")
+    config = read_json(config_file)
+    trainer = config.get("trainer")
     if not isinstance(trainer, dict):
         raise SAELoadError(f"{config_file} has no 'trainer' object")
+    _check_buffer(config.get("buffer"), trainer, request.source)
     dict_class = trainer.get("dict_class")
     if dict_class not in CENTRED_INPUT:
         raise SAELoadError(
@@ -103,6 +115,28 @@ def load(folder: Path, request: LoadRequest) -> SAE:
         source=request.source,
         model_name=trainer.get("lm_name") if isinstance(trainer.get("lm_name"), str) else None,
     )
+
+
+def _check_buffer(buffer: Any, trainer: dict[str, Any], source: str) -> None:
+    """The activation buffer's config: which side of the module the activations came from."""
+    if buffer is None:
+        return
+    if not isinstance(buffer, dict):
+        raise field_error(source, "buffer", buffer, "should be an object")
+    io = buffer.get("io", "out")
+    if io != "out":
+        why = (
+            f"this is a transcoder: {RESIDUAL_ONLY}"
+            if io == "in_and_out"
+            else "the SAE read the module's input, which the folder names cannot place; only "
+            "output activations (io=out) are supported"
+        )
+        raise field_error(source, "buffer.io", io, why)
+    d_submodule, d_in = buffer.get("d_submodule"), trainer.get("activation_dim")
+    if d_submodule is not None and d_in is not None and d_submodule != d_in:
+        raise field_error(
+            source, "buffer.d_submodule", d_submodule, f"disagrees with activation_dim={d_in}"
+        )
 
 
 def _hook(trainer: dict[str, Any], folder: Path, source: str) -> HookPoint | None:
@@ -159,27 +193,33 @@ def _activation(
     if dict_class == "JumpReluAutoEncoder":
         return {"activation": "jumprelu", "threshold": require(state, "threshold", file)}
     if dict_class in TOPK_CLASSES:
-        return {"activation": "topk", "k": _k(state, trainer, file)}
+        return {"activation": "topk", "k": _k(state, trainer, file, source)}
     if dict_class in BATCH_TOPK_CLASSES:
+        _k(state, trainer, file, source)  # checks that the buffer and the config agree
         threshold = scalar(require(state, "threshold", file), "threshold", file)
-        if threshold >= 0:
-            return {"activation": "jumprelu", "threshold": torch.full((d_sae,), threshold)}
-        # -1 means the threshold was never calibrated; the library would then keep every
-        # positive pre-activation, a dense code it never trained; top k is what it trained
-        warnings.warn(
-            f"{source}: the BatchTopK threshold was never calibrated ({threshold}); "
-            "using per-token top-k instead",
-            stacklevel=4,
-        )
-        return {"activation": "topk", "k": _k(state, trainer, file)}
+        if threshold < 0:
+            # -1 means never calibrated: the library's encode would keep every positive
+            # pre-activation, a dense code the SAE was never trained to produce
+            raise field_error(
+                source,
+                "threshold",
+                threshold,
+                "the BatchTopK threshold was never calibrated (training stopped before "
+                "threshold_start_step), so the SAE has no inference definition",
+            )
+        return {"activation": "jumprelu", "threshold": torch.full((d_sae,), threshold)}
     return {"activation": "relu"}
 
 
-def _k(state: dict[str, Any], trainer: dict[str, Any], file: Path) -> int:
-    k = state.get("k")
-    if isinstance(k, Tensor):
-        return int(scalar(k, "k", file))
-    k = trainer.get("k")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise SAELoadError(f"{file}: a TopK SAE needs k (a 'k' tensor or trainer.k), found {k!r}")
-    return k
+def _k(state: dict[str, Any], trainer: dict[str, Any], file: Path, source: str) -> int:
+    stated = trainer.get("k")
+    if isinstance(state.get("k"), Tensor):
+        k = int(scalar(state["k"], "k", file))
+        if stated is not None and stated != k:
+            raise field_error(source, "trainer.k", stated, f"but {file.name} has k={k}")
+        return k
+    if isinstance(stated, bool) or not isinstance(stated, int):
+        raise SAELoadError(
+            f"{file}: a TopK SAE needs k (a 'k' tensor or trainer.k), found {stated!r}"
+        )
+    return stated

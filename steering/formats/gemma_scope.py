@@ -6,6 +6,12 @@ input is not shifted by b_dec. Gemma Scope 1 has no config: the hub layout
 of decoder layer K). Gemma Scope 2 may have a ``config.json`` whose ``hf_hook_point_in`` names
 the HF module (``model.layers.17.output``); without it the folder
 ``resid_post[_all]/layer_17_width_16k_l0_medium`` says the same.
+
+Gemma Scope 2 ``config.json`` fields (as SAELens 6.54.12 ``get_gemma_3_config_from_hf`` reads
+them): ``architecture`` must be ``jump_relu``; ``type`` must be ``sae`` and ``affine_connection``
+false (transcoders, CLTs and crosscoders are refused); ``hf_hook_point_in``/``_out`` must be a
+decoder layer's output; ``width`` must equal the tensors' d_sae; ``l0`` (the training sparsity
+target) and ``model_name`` describe the SAE and change nothing. Gemma Scope 1 has no config.
 """
 
 from __future__ import annotations
@@ -20,8 +26,13 @@ from torch import Tensor
 from ..errors import SAELoadError
 from ..sae import SAE, HookPoint
 from .common import (
+    HF_LAYER_OUTPUT,
     RESIDUAL_ONLY,
     LoadRequest,
+    check_bool,
+    check_dims,
+    check_optional_int,
+    field_error,
     matrix,
     read_json,
     read_npz,
@@ -45,7 +56,6 @@ NON_RESIDUAL_PART = re.compile(
 )
 RESIDUAL_PART = re.compile(r"(?:^|[-_.])res(?:id)?(?:$|[-_.])", re.IGNORECASE)
 RESIDUAL_SITES_2 = ("resid_post", "resid_post_all")
-HF_LAYER_OUTPUT = re.compile(r"^model\.(?:language_model\.)?layers\.(\d+)\.output$")
 GS1_REPO = re.compile(r"gemma-scope-(\d+b)-(pt|it)-")
 # models--google--<repo>/snapshots/<commit>/layer_K/width_W/average_l0_L
 PATH_DEPTH = 6
@@ -81,7 +91,9 @@ def load_2(folder: Path, request: LoadRequest) -> SAE:
     if "affine_skip_connection" in tensors:
         raise SAELoadError(f"{request.source} is an affine skip transcoder: {RESIDUAL_ONLY}")
     model_name = config.get("model_name") if isinstance(config.get("model_name"), str) else None
-    return _jumprelu_sae(tensors, weights_file, hook, request, NAME_2, model_name)
+    sae = _jumprelu_sae(tensors, weights_file, hook, request, NAME_2, model_name)
+    check_dims(sae.d_in, sae.d_sae, {"width": config.get("width")}, ("d_in", "width"), config_file)
+    return sae
 
 
 def _jumprelu_sae(
@@ -149,12 +161,18 @@ def _gemma_2_name(parts: list[str]) -> str | None:
 def _hook_from_config(config: dict[str, Any], file: Path, source: str) -> HookPoint | None:
     kind = config.get("type", "sae")
     if kind != "sae":
-        raise SAELoadError(f"{source}: {file} says type {kind!r}: {RESIDUAL_ONLY}")
-    if config.get("affine_connection"):
-        raise SAELoadError(f"{source} has an affine skip connection (transcoder): {RESIDUAL_ONLY}")
+        raise field_error(source, "type", kind, f"{file.name} describes a {kind}: {RESIDUAL_ONLY}")
+    if check_bool(config.get("affine_connection", False), "affine_connection", source):
+        raise field_error(
+            source,
+            "affine_connection",
+            True,
+            f"an affine skip connection (a transcoder's): {RESIDUAL_ONLY}",
+        )
     architecture = config.get("architecture", "jump_relu")
     if architecture not in ("jump_relu", "jumprelu"):
-        raise SAELoadError(f"{source}: architecture {architecture!r} in {file} is not supported")
+        raise field_error(source, "architecture", architecture, "Gemma Scope 2 SAEs are jump_relu")
+    check_optional_int(config.get("width"), "width", source)
     hook_in, hook_out = config.get("hf_hook_point_in"), config.get("hf_hook_point_out")
     if not isinstance(hook_in, str):
         return None

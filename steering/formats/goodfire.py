@@ -4,6 +4,9 @@ Forward (Goodfire's README module): ``f = relu(encoder_linear(x))``, ``x_hat = d
 no input centring. ``encoder_linear.weight`` is (d_sae, d_in) and ``decoder_linear.weight`` is
 (d_in, d_sae), so feature i's direction is column i of the decoder. The layer is in the file name
 (``-l19``: the output of decoder layer 19).
+
+There is no config file, so no field to honour: the module has exactly these four tensors, and
+a file with others (a threshold, a scale, ...) would mean something else, so it is refused.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ def load(path: Path, request: LoadRequest) -> SAE:
         raise SAELoadError(
             f"{file} is not a known SAE state dict: expected Goodfire keys {', '.join(KEYS)} "
             f"(or an ae.pt from dictionary_learning); keys present: {present}"
+        )
+    extra = sorted(str(k) for k in tensors if k not in KEYS)
+    if extra:
+        raise SAELoadError(
+            f"{file}: a Goodfire SAE holds only {', '.join(KEYS)}; the extra entries "
+            f"{', '.join(extra)} would change its forward pass, so it is not loaded"
         )
     layer = search_layer(r"-l(\d+)$", [file.stem, file.parent.name])
     found = HookPoint(layer, "resid_post") if layer is not None else None

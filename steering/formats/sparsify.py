@@ -5,11 +5,21 @@ k, decode ``top_acts @ W_dec[top_idx] + b_dec``. ``encoder.weight`` is (d_sae, d
 (d_sae, d_in) with row i latent i's direction, used as stored (SAELens' converter transposes it,
 which contradicts sparsify's own decode). The folder name is the hooked module relative to the
 model's base: ``layers.N`` is the output of decoder layer N.
+
+Config fields (eai-sparsify 1.3.3 ``sparsify/config.py`` ``SparseCoderConfig``, and ``signed``
+of the older ``sae`` package): ``k`` and ``activation: topk`` are honoured; ``normalize_decoder``
+and ``multi_topk`` only shape training (the unit-norm constraint during optimisation, an extra
+loss term: ``SparseCoder.forward``) and are accepted; ``skip_connection``, ``transcode``,
+``signed`` and ``activation: groupmax`` change the forward pass and are refused when on; ``d_in``,
+``num_latents`` and ``expansion_factor`` must agree with the tensors. Fields sparsify does not
+define are reported in a warning (sparsify itself drops them:
+``from_dict(drop_extra_fields=True)``).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +28,9 @@ from ..sae import SAE, HookPoint
 from .common import (
     RESIDUAL_ONLY,
     LoadRequest,
+    check_bool,
     check_dims,
+    field_error,
     matrix,
     read_json,
     read_safetensors,
@@ -34,6 +46,14 @@ TRAINING_CONFIG_FILE = "config.json"  # one level up, written by the trainer
 
 LAYER_OUTPUT = re.compile(r"^(?:.*\.)?(?:layers|h)[._](\d+)$")  # layers.N, h.N (GPT-2)
 SEED_FOLDER = re.compile(r"^seed\d+$")  # several seeds: layers.N/seedK
+TRAINING_ONLY = ("normalize_decoder", "multi_topk")
+REFUSED_WHEN_ON = {
+    "signed": "the old sae package's signed SAEs pick the top k by |value| without a ReLU",
+    "transcode": "this is a transcoder (it reads a module's input, predicts its output): {}",
+    "skip_connection": "the decoder adds a linear skip term x @ W_skip.T: {}",
+}
+KNOWN_FIELDS = {"d_in", "activation", "expansion_factor", "num_latents", "k", *TRAINING_ONLY}
+KNOWN_FIELDS |= set(REFUSED_WHEN_ON)
 
 
 def matches(folder: Path) -> bool:
@@ -71,16 +91,24 @@ def load(folder: Path, request: LoadRequest) -> SAE:
 
 
 def _refuse_unsupported(cfg: dict[str, Any], source: str) -> None:
-    if cfg.get("signed"):
-        raise SAELoadError(f"{source}: signed sparsify SAEs (top-k by |value|) are not supported")
-    if cfg.get("transcode"):
-        raise SAELoadError(f"{source} is a transcoder: {RESIDUAL_ONLY}")
-    if cfg.get("skip_connection"):
-        raise SAELoadError(f"{source} has a skip connection: {RESIDUAL_ONLY}")
+    for key in TRAINING_ONLY:
+        if key in cfg:
+            check_bool(cfg[key], key, source)
+    for key, why in REFUSED_WHEN_ON.items():
+        if key in cfg and check_bool(cfg[key], key, source):
+            raise field_error(source, key, True, why.format(RESIDUAL_ONLY))
     activation = cfg.get("activation", "topk")
     if activation != "topk":
-        raise SAELoadError(
-            f"{source}: sparsify activation {activation!r} is not supported (only topk)"
+        why = "keeps the largest latent of each of k groups" if activation == "groupmax" else ""
+        raise field_error(
+            source, "activation", activation, f"{why}; only topk is supported".lstrip("; ")
+        )
+    unknown = sorted(set(cfg) - KNOWN_FIELDS)
+    if unknown:
+        warnings.warn(
+            f"{source}: {', '.join(unknown)} in cfg.json are not sparsify SparseCoderConfig "
+            "fields; sparsify ignores them and so does this loader",
+            stacklevel=4,
         )
 
 
@@ -114,7 +142,7 @@ def _k(cfg: dict[str, Any], file: Path) -> int:
     k = cfg.get("k")
     if isinstance(k, bool) or not isinstance(k, int):
         raise SAELoadError(f"{file}: k should be an integer, found {k!r}")
-    return k
+    return k  # SAE checks 0 < k <= d_sae
 
 
 def _model_name(folder: Path) -> str | None:

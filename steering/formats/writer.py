@@ -1,12 +1,16 @@
 """Save an SAE in SAELens format (v6 config), with this project's optional sidecar files.
 
 The project's own SAEs are written this way so they load through the same loader as real ones.
+A ``center`` SAE is written as SAELens writes one trained with TransformerLens'
+``center_writing_weights``: it loads back as ``center`` when its ``model_name`` is a LayerNorm
+model the loader knows (``formats.tl_preprocessing``).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -22,16 +26,19 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
     sparsity.safetensors, feature_stats.safetensors and feature_labels.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {
+    metadata: dict[str, Any] = {"hook_name": str(sae.hook), "model_name": sae.model_name}
+    if sae.normalization == "center":
+        metadata["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
+    cfg: dict[str, Any] = {
         "architecture": ARCHITECTURES[sae.activation],
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "dtype": "float32",
         "device": "cpu",
         "apply_b_dec_to_input": sae.apply_b_dec_to_input,
-        "normalize_activations": sae.normalization,
+        "normalize_activations": "none" if sae.normalization == "center" else sae.normalization,
         "reshape_activations": "none",
-        "metadata": {"hook_name": str(sae.hook), "model_name": sae.model_name},
+        "metadata": metadata,
     }
     if sae.activation == "topk":
         cfg |= {"k": sae.k, "rescale_acts_by_decoder_norm": False}

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..models import SteerableModel
 from ..plan import clamp
-from ..presets.saes import declare_sae
+from ..presets.saes import DEMO_SAE_REF, declare_sae
 from ..presets.schema import dump_preset, parse_preset
 from ..sae import SAE
 from . import MODEL_ID, SEED
@@ -36,7 +36,6 @@ from .evaluate import generate, rate, well_formed_rate
 from .train_sae import layer_activations
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
-SAE_REF = "../steering/demo/files/sae"  # relative to the preset file (the registry's rule)
 NAMES = {
     "bridge": "Golden Gate Bridge",
     "honest": "Honesty",
@@ -155,7 +154,7 @@ def preset_json(sae: SAE, concept: str, found: dict) -> dict:
         "name": NAMES[concept],
         "description": description,
         "model": {"id": MODEL_ID, "revision": None},
-        "saes": [declare_sae(sae, "demo", SAE_REF).model_dump(mode="json")],
+        "saes": [declare_sae(sae, "demo", DEMO_SAE_REF).model_dump(mode="json")],
         "edits": [
             {
                 "sae": "demo",

@@ -79,6 +79,9 @@ def matches(folder: Path) -> bool:
 
 
 def load(folder: Path, request: LoadRequest) -> SAE:
+    """An SAE from a dictionary_learning trainer folder (``ae.pt`` read with
+    ``weights_only=True``, ``config.json``), converted to SAELens orientation as the module
+    docstring says; raises ``SAELoadError`` naming the file, class or field it cannot honour."""
     config_file = folder / CONFIG_FILE
     if not config_file.is_file():
         raise SAELoadError(

@@ -80,6 +80,8 @@ def load(folder: Path, request: LoadRequest) -> SAE:
 
 
 def load_2(folder: Path, request: LoadRequest) -> SAE:
+    """A Gemma Scope 2 JumpReLU SAE from ``params.safetensors`` (+ ``config.json``), layer and
+    site from the config or the folder name; raises ``SAELoadError`` naming a refused field."""
     config_file = folder / CONFIG_FILE_2
     config = read_json(config_file) if config_file.is_file() else {}
     found = _hook_from_config(config, config_file, request.source)

@@ -69,6 +69,9 @@ def matches(folder: Path) -> bool:
 
 
 def load(folder: Path, request: LoadRequest) -> SAE:
+    """A Llama Scope SAE from ``hyperparams.json`` + ``checkpoints/final.safetensors``, with its
+    dataset-wise norms folded into the weights (definitions in the module docstring); raises
+    ``SAELoadError`` naming a field it cannot honour."""
     hp = read_json(folder / HYPERPARAMS_FILE)
     source = request.source
     _check_fields(hp, source)

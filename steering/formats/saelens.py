@@ -89,6 +89,9 @@ def matches(folder: Path) -> bool:
 
 
 def load(folder: Path, request: LoadRequest) -> SAE:
+    """An SAE from a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``, optional
+    ``sparsity.safetensors`` of log10 firing rates); raises ``SAELoadError`` naming a field it
+    cannot honour (docs/sae-config-fields.md)."""
     source = request.source
     repo = hub_repo_of(folder, source, REGISTRY_REPOS)
     fields = _fields(read_json(folder / CFG_FILE), repo, source)

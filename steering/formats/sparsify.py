@@ -61,6 +61,8 @@ def matches(folder: Path) -> bool:
 
 
 def load(folder: Path, request: LoadRequest) -> SAE:
+    """A TopK SAE from a sparsify ``layers.N`` folder (``cfg.json`` + ``sae.safetensors``);
+    raises ``SAELoadError`` naming a field it cannot honour."""
     cfg = read_json(folder / CFG_FILE)
     _refuse_unsupported(cfg, request.source)
     module = _module_name(folder)

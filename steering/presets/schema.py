@@ -91,8 +91,8 @@ class PresetSAE(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     """Short name the edits use for this SAE, e.g. l20."""
     ref: Line = Field(min_length=1, max_length=300)
-    """Where to load it: a Hub reference owner/repo[/sub/folder], or a local path (files only;
-    ./ and ../ are relative to the preset file)."""
+    """Where to load it: a Hub reference owner/repo[/sub/folder], a local path (files only;
+    ./ and ../ are relative to the preset file), or demo-sae (the demo world's SAE)."""
     format: SAEFormat | None = None
     """Its file format, as the loader names it; null: any."""
     layer: int = Field(ge=0, le=1000)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SteeringError
 from ..limits import Limits
+from ..presets.saes import DEMO_SAE_REF
 from .service import Service
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def _demo_model() -> tuple[Any, dict[str, Any]]:
     from ..demo import load_demo
 
     model, sae = load_demo()
-    return model, {"demo-sae": sae}  # a public name: shared presets never show server paths
+    return model, {DEMO_SAE_REF: sae}  # a public name: shared presets never show server paths
 
 
 def serve(config: ServeConfig) -> None:

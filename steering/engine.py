@@ -158,9 +158,9 @@ class Engine:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **kv.cache_kwargs(self.model.model, cache),
             )
         return out.logits[:, -1].float()
 

@@ -4,17 +4,39 @@ Rows are right-aligned (left padding): a row that joins a running batch is prefi
 then both caches are left-padded to one length and concatenated; finished rows are selected away
 and columns that are padding in every row are trimmed. The engine builds its caches as
 ``DynamicCache()`` (full ``DynamicLayer``s), whose ``keys``/``values`` are (B, H, T, D) tensors.
+``DynamicCache.layers`` exists from transformers 4.54; the declared range is in pyproject.toml.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import DynamicCache
 
 
 def new_cache() -> DynamicCache:
     return DynamicCache()
+
+
+def cache_kwargs(model: nn.Module, cache: DynamicCache) -> dict[str, DynamicCache]:
+    """The keyword argument that hands ``cache`` to ``model``'s forward.
+
+    ``{"cache": cache}`` where the forward declares ``cache`` (transformers 5.24 renamed it and
+    deprecated ``past_key_values``, to be removed in 5.40), else ``{"past_key_values": cache}``
+    (earlier releases, and remote-code models that still declare the old name). The name is
+    read from the signature, never guessed from the version: a forward with ``**kwargs`` would
+    swallow a name it does not know, and run without the cache.
+    """
+    return {_cache_keyword(type(model)): cache}
+
+
+@functools.cache
+def _cache_keyword(model_class: type[nn.Module]) -> str:
+    params = inspect.signature(model_class.forward).parameters  # follows @wraps decorators
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def merge(

@@ -8,6 +8,7 @@ from random_saes import random_sae
 from tiny_models import CORE, HIDDEN, LAYERS, tiny_model
 
 from steering import FeatureEdit, PlanError, SteeringError, SteeringPlan, clamp, count_hooks, steer
+from steering.kv import cache_kwargs, new_cache
 from steering.models import find_layers
 
 PROMPT = torch.tensor([[1, 5, 9, 17, 33, 2, 40, 41]])
@@ -112,12 +113,11 @@ def test_clamp_reencodes_to_target_with_kv_cache(arch, activation):
     try:
         with steer(model, clamp(sae, feature, target)), torch.no_grad():
             seen, handle = capture_layer(model, layer)
-            out = model(ids, use_cache=True)
-            past = out.past_key_values
+            past = cache_kwargs(model, new_cache())
+            out = model(ids, use_cache=True, **past)
             for _ in range(3):  # three cached decode steps, one token each
                 nxt = out.logits[:, -1:].argmax(-1)
-                out = model(nxt, past_key_values=past, use_cache=True)
-                past = out.past_key_values
+                out = model(nxt, use_cache=True, **past)
             handle.remove()
     finally:
         handle_before.remove()
@@ -258,9 +258,10 @@ def positions_run(scope: str, skip_special: bool = False):
     raw, h1 = capture_layer(model, 1)
     with torch.no_grad(), steer(model, plan, special_token_ids=[1, 2]):
         steered, h2 = capture_layer(model, 1)
-        out = model(PROMPT, use_cache=True)
+        past = cache_kwargs(model, new_cache())
+        model(PROMPT, use_cache=True, **past)
         for tok in (2, 50):
-            out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
+            model(torch.tensor([[tok]]), use_cache=True, **past)
     h1.remove(), h2.remove()
     return [((s - r).abs().amax(-1) > 0)[0].tolist() for r, s in zip(raw, steered)]
 

@@ -14,6 +14,7 @@ single-threaded: ``steering.loop.EngineLoop`` runs it on a thread and feeds it r
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,7 +25,14 @@ from .hooks import Steering, attached, prepare
 from .limits import Limits
 from .models import SteerableModel
 from .requests import Event, Request, Row
-from .sampling import block_tokens, make_generator, pick_tokens, seen_tokens, shared_noise
+from .sampling import (
+    block_tokens,
+    make_generator,
+    pick_tokens,
+    seen_tokens,
+    shared_noise,
+    token_logprobs,
+)
 from .textstream import TextStream
 
 
@@ -36,6 +44,7 @@ class RequestState:
         self.params = request.sampling
         self.generator = make_generator(request.sampling.seed)
         self.cancelled = False
+        self.error: BaseException | None = None  # set when generating it failed
 
 
 class RowState:
@@ -111,20 +120,29 @@ class Engine:
         return events + self.drop_finished()
 
     def step(self) -> list[Event]:
-        """One decode step for every live row."""
-        cancelled = self.drop_finished()
+        """One decode step for every live row.
+
+        When the forward pass fails, the rows that fail on their own finish with "error" and
+        every other row goes on as if nothing happened; when no row fails alone, the error is
+        raised (the batch as a whole failed).
+        """
+        done = self.drop_finished()
         if not self.live or self.steering is None:
-            return cancelled
+            return done
         ids = self.last[:, None]
-        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        positions = mask.sum(-1, keepdim=True) - 1
         if self.steering.needs_positions:
             self.steering.set_positions(torch.ones_like(ids, dtype=torch.bool), self._special(ids))
-        positions = self.mask.sum(-1, keepdim=True) - 1
-        logits = self._forward(self.steering, ids, self.mask, self.cache, positions)
-        events = cancelled + self._pick(self.live, logits)
+        try:
+            logits = self._forward(self.steering, ids, mask, self.cache, positions)
+        except Exception as error:
+            kv.crop(self.cache, self.mask.shape[1])  # undo the layers that did run
+            return done + self._fail_guilty_rows(error, ids, positions)
+        self.mask = mask
+        events = done + self._pick(self.live, logits)
         self.last = self._newest(self.live)
-        self.drop_finished()
-        return events
+        return events + self.drop_finished()
 
     def cancel(self, request_id: int) -> None:
         for row in self.live:
@@ -132,11 +150,14 @@ class Engine:
                 row.request.cancelled = True
 
     def drop_finished(self) -> list[Event]:
-        """Remove finished and cancelled rows from the batch, its cache and its steering."""
+        """Remove finished, cancelled and failed rows from the batch, its cache and its
+        steering; the final events of rows that had none yet."""
         events = [
-            self._finish(r, "cancelled", r.stream.flush())
+            self._finish(r, "error", r.stream.flush(), r.request.error)
+            if r.request.error is not None
+            else self._finish(r, "cancelled", r.stream.flush())
             for r in self.live
-            if r.request.cancelled and not r.finish
+            if (r.request.cancelled or r.request.error is not None) and not r.finish
         ]
         keep = [i for i, r in enumerate(self.live) if not r.finish]
         if len(keep) < len(self.live):
@@ -146,6 +167,35 @@ class Engine:
             self.live = [self.live[i] for i in keep]
             self.steering = self.steering.take_rows(keep) if self.steering and keep else None
         return events
+
+    # ---- a failing row fails only its own request ----
+
+    def _fail_guilty_rows(self, error: Exception, ids: Tensor, positions: Tensor) -> list[Event]:
+        """After a failed decode step: the requests whose rows fail alone get ``error``."""
+        guilty = [i for i in range(len(self.live)) if not self._steps_alone(i, ids, positions)]
+        if not guilty:
+            raise error
+        for i in guilty:
+            self.live[i].request.error = error
+        return self.drop_finished()
+
+    def _steps_alone(self, i: int, ids: Tensor, positions: Tensor) -> bool:
+        """Whether row ``i``'s decode step runs when it is alone (on a copy of its cache)."""
+        rows = torch.tensor([i], dtype=torch.long, device=self.device)
+        cache, mask = kv.take(self.cache, self.mask, rows)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        assert self.steering is not None
+        steering = self.steering.take_rows([i])
+        if steering.needs_positions:
+            row_ids = ids[rows]
+            steering.set_positions(
+                torch.ones_like(row_ids, dtype=torch.bool), self._special(row_ids)
+            )
+        try:
+            self._forward(steering, ids[rows], mask, cache, positions[rows])
+        except Exception:
+            return False
+        return True
 
     # ---- steps ----
 
@@ -179,12 +229,21 @@ class Engine:
         penalized = any(p.repetition_penalty != 1.0 for p in params)
         seen = seen_tokens([r.context for r in rows], vocab, self.device) if penalized else None
         early = [i for i, r in enumerate(rows) if len(r.tokens) < r.request.params.min_new_tokens]
+        model_logits = logits
         logits = block_tokens(logits, early, self.eos_ids)  # EOS may not end a reply yet
         tokens = pick_tokens(logits, noise, params, seen).tolist()
+        logprobs = token_logprobs(model_logits, tokens, [p.logprobs for p in params])
         events = []
-        for r, token in zip(rows, tokens):
+        for r, token, logprob in zip(rows, tokens, logprobs):
             r.tokens.append(token)
-            events.append(self._advance(r, token))
+            try:
+                event = self._advance(r, token)
+            except Exception as error:  # this row's text failed: its request alone fails
+                r.request.error = error
+                continue
+            if logprob is not None and token not in self.eos_ids:
+                event = replace(event, logprob=logprob[0], top_logprobs=logprob[1])
+            events.append(event)
         return events
 
     def _advance(self, r: RowState, token: int) -> Event:
@@ -198,12 +257,13 @@ class Engine:
             return self._finish(r, "length", delta + r.stream.flush())
         return Event(r.request.id, r.index, delta, token, None, len(r.row.prompt_ids), n)
 
-    def _finish(self, r: RowState, reason: str, delta: str = "") -> Event:
+    def _finish(
+        self, r: RowState, reason: str, delta: str = "", error: BaseException | None = None
+    ) -> Event:
         r.finish = reason
         token = r.tokens[-1] if r.tokens else None
-        return Event(
-            r.request.id, r.index, delta, token, reason, len(r.row.prompt_ids), len(r.tokens)
-        )
+        prompt, done = len(r.row.prompt_ids), len(r.tokens)
+        return Event(r.request.id, r.index, delta, token, reason, prompt, done, error)
 
     def _left_padded(self, prompts: list[tuple[int, ...]]) -> tuple[Tensor, Tensor]:
         """(B, T) ids and attention mask of ``prompts``, right-aligned."""

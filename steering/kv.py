@@ -9,6 +9,7 @@ and columns that are padding in every row are trimmed. The engine builds its cac
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 
@@ -72,3 +73,19 @@ def _pad_left(t: Tensor, target: int) -> Tensor:  # (B, H, T, D) -> (B, H, targe
 def _pad_left_2d(mask: Tensor, target: int) -> Tensor:  # (B, T) -> (B, target)
     missing = target - mask.shape[1]
     return torch.cat([mask.new_zeros(mask.shape[0], missing), mask], dim=1) if missing else mask
+
+
+def take(cache: DynamicCache, mask: Tensor, rows: Tensor) -> tuple[DynamicCache, Tensor]:
+    """A new cache holding ``rows`` of ``cache`` (which is left as it is), and their mask."""
+    taken = copy.copy(cache)
+    taken.layers = [copy.copy(layer) for layer in cache.layers]
+    return select(taken, mask, rows)
+
+
+def crop(cache: DynamicCache, length: int) -> None:
+    """Drop every position past ``length``: undoes a forward pass that failed half-way (the
+    layers it reached had already appended their keys and values)."""
+    for layer in cache.layers:
+        if layer.keys is not None and layer.keys.shape[2] > length:
+            layer.keys = layer.keys[:, :, :length]
+            layer.values = layer.values[:, :, :length]

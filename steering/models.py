@@ -63,6 +63,18 @@ class SteerableModel:
         return next(self.model.parameters()).device
 
     @property
+    def context_length(self) -> int | None:
+        """The most positions the model can attend over (prompt + reply), from its config;
+        None when the config does not say."""
+        config = getattr(self.model, "config", None)
+        config = getattr(config, "text_config", None) or config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
     def name(self) -> str:
         """The Hub id or folder the model was loaded from ('' when unknown)."""
         config = getattr(self.model, "config", None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .chat import Message, render_prompt
@@ -47,7 +47,9 @@ class Request:
 @dataclass(frozen=True)
 class Event:
     """A piece of one row's reply. The last event of a row has a ``finish_reason``:
-    "stop" (EOS or a stop string), "length" (max_new_tokens) or "cancelled"."""
+    "stop" (EOS or a stop string), "length" (max_new_tokens or the model's context),
+    "cancelled", or "error" (generating this request failed; ``error`` says why, and no other
+    request was affected)."""
 
     request_id: int
     row: int
@@ -56,6 +58,9 @@ class Event:
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
+    error: BaseException | None = None
+    logprob: float | None = None  # of ``token_id``, when the request asked for log-probabilities
+    top_logprobs: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), best first
 
 
 def build_request(
@@ -78,11 +83,36 @@ def build_request(
     sampling = (sampling or SamplingParams()).validate(limits)
     model.check_plan(plan)
     active = plan if plan is not None and not plan.is_empty else None
-    steered = Row(encode_chat(model.tokenizer, messages, limits), active)
-    if not compare:
-        return Request((steered,), sampling)
-    baseline = Row(encode_chat(model.tokenizer, baseline_messages or messages, limits))
-    return Request((steered, baseline), sampling)
+    rows = [Row(encode_chat(model.tokenizer, messages, limits), active)]
+    if compare:
+        rows.append(Row(encode_chat(model.tokenizer, baseline_messages or messages, limits)))
+    return Request(tuple(rows), fit_to_context(sampling, rows, model.context_length))
+
+
+def fit_to_context(
+    sampling: SamplingParams, rows: Sequence[Row], context: int | None
+) -> SamplingParams:
+    """``sampling`` with ``max_new_tokens`` cut to what fits the model's ``context`` after the
+    longest prompt (the reply then ends with finish_reason "length", as OpenAI's does).
+
+    Raises ``PromptTooLong`` naming both numbers when a prompt leaves no room for one token.
+    """
+    if context is None:
+        return sampling
+    longest = max(len(row.prompt_ids) for row in rows)
+    room = context - longest
+    if room < 1:
+        raise PromptTooLong(
+            f"the prompt has {longest} tokens, but the model's context is {context} tokens "
+            "(prompt and reply together): shorten the chat"
+        )
+    if sampling.max_new_tokens <= room:
+        return sampling
+    return replace(
+        sampling,
+        max_new_tokens=room,
+        min_new_tokens=min(sampling.min_new_tokens, room),
+    )
 
 
 def encode_chat(

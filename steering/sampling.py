@@ -19,6 +19,8 @@ from torch import Tensor
 from .errors import LimitError, RequestError
 from .limits import Limits
 
+MAX_TOP_LOGPROBS = 20  # as OpenAI's top_logprobs
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -32,6 +34,7 @@ class SamplingParams:
     min_new_tokens: int = 0  # EOS and stop strings are ignored before this many tokens
     stop: tuple[str, ...] = field(default=())
     seed: int | None = None
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the top k
 
     def validate(self, limits: Limits = Limits()) -> SamplingParams:
         """Return self, or raise RequestError naming the bad setting and the valid range."""
@@ -44,6 +47,8 @@ class SamplingParams:
         _check_int("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens)
         if self.seed is not None:
             _check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
         stops = self.stop
         if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
             raise RequestError(f"stop {stops!r} must be a list of non-empty strings", param="stop")
@@ -115,6 +120,30 @@ def block_tokens(logits: Tensor, rows: Sequence[int], token_ids: Sequence[int]) 
     logits = logits.clone()  # the forward's output is an inference-mode tensor
     logits[torch.tensor(list(rows))[:, None], torch.tensor(list(token_ids))] = float("-inf")
     return logits
+
+
+def token_logprobs(
+    logits: Tensor, tokens: Sequence[int], top: Sequence[int | None]
+) -> list[tuple[float, tuple[tuple[int, float], ...]] | None]:
+    """Per row: the chosen token's log-probability under the model's distribution
+    (``log_softmax(logits)``, before temperature and filters, as OpenAI reports it) and the
+    ``top[i]`` most likely tokens with theirs; None for a row with ``top[i]`` None.
+
+    ``logits`` is (B, V); ``tokens`` (B,) the tokens picked."""
+    wanted = [i for i, k in enumerate(top) if k is not None]
+    out: list[tuple[float, tuple[tuple[int, float], ...]] | None] = [None] * len(top)
+    if not wanted:
+        return out
+    logp = torch.log_softmax(logits[wanted].float(), dim=-1).cpu()  # (W, V)
+    k = max(top[i] or 0 for i in wanted)
+    best = logp.topk(k, dim=-1) if k else None
+    for j, i in enumerate(wanted):
+        alternatives: tuple[tuple[int, float], ...] = ()
+        if best is not None and top[i]:
+            pairs = zip(best.indices[j, : top[i]].tolist(), best.values[j, : top[i]].tolist())
+            alternatives = tuple(pairs)
+        out[i] = (float(logp[j, tokens[i]]), alternatives)
+    return out
 
 
 def make_generator(seed: int | None) -> torch.Generator:

@@ -34,11 +34,12 @@ def named(scale: float) -> dict:
 
 
 def test_models_presets_and_health(server, client):
-    assert [m.id for m in client.models.list()] == ["tiny-llama"]
+    assert [m.id for m in client.models.list()] == ["tiny-llama", "tiny-llama:golden-gate-bridge"]
     presets = httpx.get(f"{server.url}/v1/presets").json()["data"]
     assert presets[0]["name"] == PRESET_NAME
     assert presets[0]["features"][0]["feature"] == FEATURE
-    assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
+    health = httpx.get(f"{server.url}/healthz").json()
+    assert health["status"] == "ok" and health["engine_alive"] is True
 
 
 def test_compare_returns_steered_then_baseline(client):

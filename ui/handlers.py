@@ -35,6 +35,7 @@ from .features import (
 
 NO_PRESET = "(none)"
 STREAM_EVERY_S = 0.05  # browsers need no more than ~20 updates a second
+FAILED = " *(this reply could not be finished; please try again)*"
 BUSY = "The demo is busy right now: too many people are chatting. Please try again in a moment."
 Chat = list[dict[str, Any]]
 
@@ -209,6 +210,8 @@ class Handlers:
             for event in handle:
                 chat = steered if event.row == 0 else baseline
                 chat[-1]["content"] += event.delta
+                if event.finish_reason == "error":
+                    chat[-1]["content"] += FAILED
                 if time.monotonic() - shown >= STREAM_EVERY_S or event.finish_reason:
                     shown = time.monotonic()
                     yield "", steered, baseline

@@ -46,9 +46,10 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
 
     from .openai_api import build_router
 
-    app = FastAPI(title="steering", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="steering", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.service = service
     app.include_router(build_router(service))
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     @app.get("/healthz")
     def health() -> dict[str, Any]:
@@ -58,6 +59,25 @@ def create_app(service: Service, *, page: bool = True) -> FastAPI:
     if page:
         app = _mount_page(app, service)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The API's own OpenAPI document (the page's routes are not in it), built once."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        from .. import __version__
+        from .openai_api import openapi_schemas
+
+        schema = get_openapi(
+            title="steering",
+            version=__version__,
+            summary="Feature steering with SAEs: an OpenAI-compatible chat completions API",
+            routes=app.routes,
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _mount_page(app: FastAPI, service: Service) -> FastAPI:

@@ -1,5 +1,5 @@
 """The OpenAI-compatible API: ``POST /v1/chat/completions`` (plain and SSE), ``GET /v1/models``,
-and the extension ``GET /v1/presets``.
+and the extension ``GET /v1/presets``. ``GET /openapi.json`` documents it.
 
 Extensions, sent by OpenAI clients through ``extra_body``:
 
@@ -7,8 +7,14 @@ Extensions, sent by OpenAI clients through ``extra_body``:
   "scale": ...}]}`` naming this server's presets. Only SAEs the server has loaded may be used.
 - ``compare: true``: also generate the unsteered reply in the same batch, with the same random
   numbers: ``choices[0]`` is steered, ``choices[1]`` the baseline.
+- ``top_k``, ``repetition_penalty``, ``min_tokens``: as vLLM's server names them.
 
-Errors follow OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+A preset is also a model name: ``/v1/models`` lists the model and ``MODEL:PRESET`` for each of
+this server's presets, so a client that can only pick a model still gets steering.
+
+Requests are checked strictly: a field this server does not implement (``tools``,
+``response_format``, ``n`` > 1, ...) or does not know is a 400 naming it, never silently
+ignored. Errors follow OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
@@ -16,40 +22,65 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic.json_schema import models_json_schema
 
 from ..chat import flatten_content
 from ..errors import Busy, LimitError, PromptTooLong, SteeringError
 from ..plan import SteeringPlan
-from ..presets.schema import NamedPresets, Preset, error_lines
-from ..sampling import SamplingParams
+from ..presets.schema import NamedPresets, Preset, PresetRef, error_lines
+from ..requests import Event
+from ..sampling import MAX_TOP_LOGPROBS, SamplingParams
 from .backend import EventStream
 from .service import Service
 
 # Engine setting names -> the OpenAI parameter a client sent.
-PARAM_NAMES = {"max_new_tokens": "max_tokens"}
+PARAM_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
+# OpenAI fields this server does not implement: a request that uses one gets a 400 naming it.
+UNSUPPORTED = {
+    "tools": "tool calls",
+    "tool_choice": "tool calls",
+    "functions": "function calls",
+    "function_call": "function calls",
+    "parallel_tool_calls": "tool calls",
+    "response_format": "structured output",
+    "logit_bias": "logit bias",
+    "audio": "audio output",
+    "modalities": "modalities other than text",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search",
+    "reasoning_effort": "reasoning settings",
+}
+ROUTES = ("GET /v1/models", "GET /v1/presets", "POST /v1/chat/completions", "GET /openapi.json")
 
 
 class ApiError(Exception):
+    """An answer in OpenAI's error shape, with its HTTP status."""
+
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
 
-    def response(self) -> JSONResponse:
+    def body(self) -> dict[str, Any]:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
-        body = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        return JSONResponse({"error": body}, status_code=self.status)
+        return {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.body()}, status_code=self.status)
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
+    """One message of the chat; ``developer`` is OpenAI's newer name for ``system``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "developer", "user", "assistant"]
     content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
 
 
 def _steering_kind(value: Any) -> str | None:
@@ -65,23 +96,46 @@ SteeringField = Annotated[
 
 
 class ChatRequest(BaseModel):
-    """The OpenAI fields this server uses; unknown ones are accepted and ignored."""
+    """The body of ``POST /v1/chat/completions``: OpenAI's fields that this server implements,
+    and its extensions. Any other field is refused by name."""
 
-    model_config = ConfigDict(extra="allow")
-    model: str
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str = Field(max_length=300)
+    """This server's model id, or MODEL:PRESET to apply one of its presets."""
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int | None = None
+    """Deprecated by OpenAI in favour of max_completion_tokens; either works."""
     max_completion_tokens: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = 1
+    """Must be 1; compare gives a second (unsteered) reply."""
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    logprobs: bool = False
+    """Return each reply token's log-probability (steered and baseline alike)."""
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    """With logprobs: also the most likely tokens at each position."""
+    presence_penalty: float = 0.0
+    """Only 0 is implemented (see repetition_penalty)."""
+    frequency_penalty: float = 0.0
+    """Only 0 is implemented (see repetition_penalty)."""
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    # extensions
     steering: SteeringField | None = None
-    """A preset object (the preset file format) or ``{"presets": [{"name", "scale"}]}``."""
+    """A preset object (the preset file format) or {"presets": [{"name", "scale"}]}."""
     compare: bool = False
+    """Also generate the unsteered reply, with the same random numbers, as choices[1]."""
+    top_k: int = 0
+    """Keep the k most likely tokens (0: all)."""
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    """EOS and stop strings cannot end a reply before this many tokens."""
 
 
 def build_router(service: Service) -> APIRouter:
@@ -90,14 +144,15 @@ def build_router(service: Service) -> APIRouter:
 
     @router.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(service)]}
+        ids = [service.model_id, *(preset_model_id(service, s) for s in preset_slugs(service))]
+        return {"object": "list", "data": [_model_card(model_id) for model_id in ids]}
 
     @router.get("/v1/presets")
     def presets() -> dict[str, Any]:
         data = [_preset_card(e.preset) for e in service.presets.values()]
         return {"object": "list", "data": data}
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", openapi_extra=_REQUEST_BODY)
     async def chat_completions(request: Request) -> Any:
         try:
             body = _parse(await _json(request))
@@ -109,9 +164,32 @@ def build_router(service: Service) -> APIRouter:
             stream = _sse(service, body, handle, reply_id)
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        return await _complete(service, body, handle, reply_id, plan, warnings)
+        try:
+            return await _complete(service, body, handle, reply_id, plan, warnings)
+        except ApiError as e:
+            return e.response()
+
+    @router.api_route(
+        "/v1/{path:path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
+    def unknown(path: str, request: Request) -> JSONResponse:
+        message = f"no route {request.method} /v1/{path[:100]}; this server answers " + ", ".join(
+            ROUTES
+        )
+        return ApiError(404, message, code="unknown_url").response()
 
     return router
+
+
+def preset_slugs(service: Service) -> list[str]:
+    return [entry.preset.slug for entry in service.presets.values()]
+
+
+def preset_model_id(service: Service, slug: str) -> str:
+    """The model name that applies the preset ``slug``: ``MODEL:slug``."""
+    return f"{service.model_id}:{slug}"
 
 
 async def _json(request: Request) -> Any:
@@ -122,12 +200,29 @@ async def _json(request: Request) -> Any:
 
 
 def _parse(data: Any) -> ChatRequest:
+    if isinstance(data, dict):
+        for name in data.keys() & UNSUPPORTED.keys():
+            if data[name] not in (None, [], {}):
+                raise ApiError(
+                    400,
+                    f"{name}: this server does not implement {UNSUPPORTED[name]}",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        data = {k: v for k, v in data.items() if k not in UNSUPPORTED}
     try:
         body = ChatRequest.model_validate(data)
     except ValidationError as e:
         raise _validation_error(e) from None
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name) != 0:
+            message = f"{name}: only 0 is implemented; use repetition_penalty"
+            raise ApiError(400, message, param=name, code="unsupported_parameter")
     if body.n != 1:
-        raise ApiError(400, "n must be 1; use compare for a second reply", param="n", code="n")
+        raise ApiError(400, "n: must be 1; use compare for a second reply", param="n", code="n")
+    if body.top_logprobs is not None and not body.logprobs:
+        message = "top_logprobs: needs logprobs set to true"
+        raise ApiError(400, message, param="top_logprobs", code="invalid_value")
     return body
 
 
@@ -139,35 +234,61 @@ def _validation_error(error: ValidationError) -> ApiError:
         message = "steering: invalid preset:\n  " + "\n  ".join(problems)
         return ApiError(400, message, param="steering", code="invalid_steering")
     param = ".".join(loc) or None
+    if first["type"] == "extra_forbidden":
+        message = f"{param}: unrecognized request argument; see GET /openapi.json"
+        return ApiError(400, message, param=param, code="unrecognized_argument")
     return ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value")
 
 
 def _submit(service: Service, body: ChatRequest) -> tuple[EventStream, SteeringPlan, list[str]]:
-    if body.model not in (service.model_id, "default"):
-        message = f"model {body.model!r} is not served here; use {service.model_id!r}"
-        raise ApiError(404, message, param="model", code="model_not_found")
+    steering = _steering(service, body)
+    messages = [
+        {
+            "role": "system" if m.role == "developer" else m.role,
+            "content": flatten_content(m.content),
+        }
+        for m in body.messages
+    ]
     try:
-        plan, warnings = service.plan(body.steering)
+        plan, warnings = service.plan(steering)
         handle = service.submit(
-            [{"role": m.role, "content": flatten_content(m.content)} for m in body.messages],
-            plan,
-            _sampling(body, service.limits.default_new_tokens),
-            compare=body.compare,
+            messages, plan, _sampling(body, service.limits.default_new_tokens), compare=body.compare
         )
     except Exception as e:
         raise _as_api_error(e) from e
     return handle, plan, warnings
 
 
+def _steering(service: Service, body: ChatRequest) -> Preset | NamedPresets | None:
+    """The request's steering: its ``steering`` field, or the preset its model name names."""
+    if body.model in (service.model_id, "default"):
+        return body.steering
+    model, _, slug = body.model.partition(":")
+    if model != service.model_id or slug not in preset_slugs(service):
+        models = [service.model_id, *(preset_model_id(service, s) for s in preset_slugs(service))]
+        message = f"model {body.model[:100]!r} is not served here; use one of {models}"
+        raise ApiError(404, message, param="model", code="model_not_found")
+    if body.steering is not None:
+        message = f"steering: the model name already applies the preset {slug!r}; give one"
+        raise ApiError(400, message, param="steering", code="invalid_steering")
+    return NamedPresets(presets=[PresetRef(name=slug, scale=1.0)])
+
+
 def _sampling(body: ChatRequest, default_tokens: int) -> SamplingParams:
     stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
-    max_tokens = body.max_completion_tokens or body.max_tokens
+    max_tokens = body.max_completion_tokens
+    if max_tokens is None:
+        max_tokens = body.max_tokens
     return SamplingParams(
         temperature=body.temperature,
         top_p=body.top_p,
-        max_new_tokens=max_tokens or default_tokens,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        max_new_tokens=default_tokens if max_tokens is None else max_tokens,
+        min_new_tokens=body.min_tokens,
         stop=tuple(stop),
         seed=body.seed,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
 
 
@@ -193,6 +314,26 @@ def _as_api_error(error: Exception) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 
 
+GENERATION_FAILED = ApiError(
+    500, "generating this reply failed; other requests were not affected", code="generation_failed"
+)
+
+
+class _Choice:
+    """One row's reply as it is gathered from its events."""
+
+    def __init__(self) -> None:
+        self.text, self.finish, self.prompt, self.completion = "", "stop", 0, 0
+        self.logprobs: list[dict[str, Any]] = []
+
+    def add(self, event: Event, tokenizer: Any) -> None:
+        self.text += event.delta
+        self.finish = event.finish_reason or self.finish
+        self.prompt, self.completion = event.prompt_tokens, event.completion_tokens
+        if event.logprob is not None and event.token_id is not None:
+            self.logprobs.append(_logprob_entry(event, tokenizer))
+
+
 async def _complete(
     service: Service,
     body: ChatRequest,
@@ -201,25 +342,24 @@ async def _complete(
     plan: SteeringPlan,
     warnings: list[str],
 ) -> dict[str, Any]:
-    rows = len(handle.request.rows)
-    texts, finish, prompt, completion = [""] * rows, ["stop"] * rows, [0] * rows, [0] * rows
+    tokenizer = service.model.tokenizer
+    choices = [_Choice() for _ in handle.request.rows]
     async for event in handle:
-        texts[event.row] += event.delta
-        finish[event.row] = event.finish_reason or finish[event.row]
-        prompt[event.row], completion[event.row] = event.prompt_tokens, event.completion_tokens
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": texts[i]},
-            "finish_reason": finish[i],
-            "logprobs": None,
-        }
-        for i in range(rows)
-    ]
+        choices[event.row].add(event, tokenizer)
+    if any(c.finish == "error" for c in choices):
+        raise GENERATION_FAILED
     return {
         **_head(service, reply_id, "chat.completion"),
-        "choices": choices,
-        "usage": _usage(prompt, completion),
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "finish_reason": c.finish,
+                "logprobs": {"content": c.logprobs} if body.logprobs else None,
+            }
+            for i, c in enumerate(choices)
+        ],
+        "usage": _usage([c.prompt for c in choices], [c.completion for c in choices]),
         "steering": {"edits": len(plan.active_edits), "warnings": warnings},
     }
 
@@ -228,14 +368,21 @@ async def _sse(
     service: Service, body: ChatRequest, handle: EventStream, reply_id: str
 ) -> AsyncIterator[str]:
     head = _head(service, reply_id, "chat.completion.chunk")
+    tokenizer = service.model.tokenizer
     rows = len(handle.request.rows)
     prompt, completion = [0] * rows, [0] * rows
     for i in range(rows):
         yield _chunk(head, i, {"role": "assistant", "content": ""}, None)
     async for event in handle:  # leaving early (client gone) cancels the request
         prompt[event.row], completion[event.row] = event.prompt_tokens, event.completion_tokens
-        if event.delta:
-            yield _chunk(head, event.row, {"content": event.delta}, None)
+        if event.finish_reason == "error":
+            yield _data({"error": GENERATION_FAILED.body()})
+            break
+        logprobs = None
+        if body.logprobs and event.logprob is not None and event.token_id is not None:
+            logprobs = {"content": [_logprob_entry(event, tokenizer)]}
+        if event.delta or logprobs:
+            yield _chunk(head, event.row, {"content": event.delta}, None, logprobs)
         if event.finish_reason:
             yield _chunk(head, event.row, {}, event.finish_reason)
     if (body.stream_options or {}).get("include_usage"):
@@ -243,8 +390,25 @@ async def _sse(
     yield "data: [DONE]\n\n"
 
 
-def _chunk(head: dict[str, Any], index: int, delta: dict[str, Any], finish: str | None) -> str:
-    choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+def _logprob_entry(event: Event, tokenizer: Any) -> dict[str, Any]:
+    """OpenAI's ``logprobs.content`` item for the event's token."""
+    top = [_token_logprob(tokenizer, token, logprob) for token, logprob in event.top_logprobs]
+    return {**_token_logprob(tokenizer, event.token_id, event.logprob), "top_logprobs": top}
+
+
+def _token_logprob(tokenizer: Any, token_id: Any, logprob: Any) -> dict[str, Any]:
+    text = tokenizer.decode([token_id])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def _chunk(
+    head: dict[str, Any],
+    index: int,
+    delta: dict[str, Any],
+    finish: str | None,
+    logprobs: dict[str, Any] | None = None,
+) -> str:
+    choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
     return _data({**head, "choices": [choice]})
 
 
@@ -256,7 +420,7 @@ def _head(service: Service, reply_id: str, kind: str) -> dict[str, Any]:
     return {"id": reply_id, "object": kind, "created": int(time.time()), "model": service.model_id}
 
 
-def _usage(prompt: list[int], completion: list[int]) -> dict[str, int]:
+def _usage(prompt: Sequence[int], completion: Sequence[int]) -> dict[str, int]:
     # The compare reply counts the baseline row too: it is real work for the server.
     total_prompt, total_completion = sum(prompt), sum(completion)
     return {
@@ -266,11 +430,11 @@ def _usage(prompt: list[int], completion: list[int]) -> dict[str, int]:
     }
 
 
-def _model_card(service: Service) -> dict[str, Any]:
-    return {"id": service.model_id, "object": "model", "created": 0, "owned_by": "steering"}
+def _model_card(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "steering"}
 
 
-def _preset_card(preset: Any) -> dict[str, Any]:
+def _preset_card(preset: Preset) -> dict[str, Any]:
     features = [
         {"label": e.label, "feature": e.feature, "mode": e.mode, "unit": e.unit, "value": e.value}
         for e in preset.edits
@@ -283,3 +447,19 @@ def _preset_card(preset: Any) -> dict[str, Any]:
         "features": features,
         "preset": preset.model_dump(mode="json"),
     }
+
+
+def openapi_schemas() -> dict[str, Any]:
+    """The request body's JSON Schemas, for ``components.schemas`` of ``/openapi.json``."""
+    _, schema = models_json_schema(
+        [(ChatRequest, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    return schema.get("$defs", {})
+
+
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
+    }
+}

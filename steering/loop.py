@@ -153,11 +153,12 @@ class EngineLoop:
                 if self._stopping:
                     break
                 admitted = self._take_waiting(engine.max_batch - len(engine.live))
-                cancelled, self._cancelled = self._cancelled, set()
-            for request_id in cancelled:
-                engine.cancel(request_id)
             self._handles.update((h.request.id, h) for h in admitted)
             events = self._admit(admitted) if admitted else []
+            with self._wake:  # cancels that landed until now, admission included
+                cancelled, self._cancelled = self._cancelled, set()
+            for request_id in cancelled:
+                engine.cancel(request_id)  # the rows leave before the next forward pass
             try:
                 events += engine.step()
             except Exception as e:  # the batch as a whole failed: its requests, not the server

@@ -164,3 +164,108 @@ def test_eight_concurrent_requests_get_their_own_replies(server, client):
         page_seconds = time.monotonic() - started
         assert list(together) == alone
     assert page.status_code == 200 and page_seconds < 5
+
+
+# ---- the OpenAI edges ----
+
+
+def test_developer_is_the_system_role(client):
+    def reply(role: str) -> str:
+        messages = [{"role": role, "content": "you are a cat"}, *PROMPT]
+        result = client.chat.completions.create(model="tiny-llama", messages=messages, **GREEDY)
+        return result.choices[0].message.content
+
+    assert reply("developer") == reply("system")
+
+
+def test_max_completion_tokens_and_max_tokens_zero(client):
+    reply = client.chat.completions.create(
+        model="tiny-llama",
+        messages=PROMPT,
+        temperature=0,
+        max_completion_tokens=3,
+        extra_body={"min_tokens": 3},
+    )
+    assert reply.usage.completion_tokens == 3 and reply.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="tiny-llama", messages=PROMPT, max_tokens=0)
+    assert caught.value.body["param"] == "max_tokens"
+    assert "max_tokens 0 must be an integer in [1, 64]" in caught.value.body["message"]
+
+
+@pytest.mark.parametrize(
+    "extra, param, code",
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported"),
+        ({"n": 2}, "n", "n"),
+        ({"presence_penalty": 0.5}, "presence_penalty", "unsupported"),
+        ({"frobnicate": 1}, "frobnicate", "unrecognized"),
+        ({"temperature": "0"}, "temperature", "invalid_value"),
+        ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),
+    ],
+)
+def test_options_the_server_does_not_implement_are_refused_by_name(server, extra, param, code):
+    body = {"model": "tiny-llama", "messages": PROMPT, "max_tokens": 2, **extra}
+    answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["param"] == param
+    assert error["code"].startswith(code) and param in error["message"]
+
+
+def test_logprobs_for_steered_and_baseline_rows(client):
+    def ask(extra: dict | None = None, **options):
+        return client.chat.completions.create(
+            model="tiny-llama",
+            messages=PROMPT,
+            temperature=0,
+            max_tokens=6,
+            extra_body={"min_tokens": 6, **(extra or {})},
+            **options,
+        )
+
+    reply = ask({**named(1.0), "compare": True}, logprobs=True, top_logprobs=3)
+    alone = ask(logprobs=True, top_logprobs=3).choices[0].logprobs.content
+    for choice in reply.choices:
+        content = choice.logprobs.content
+        assert len(content) == 6
+        for item in content:
+            assert len(item.top_logprobs) == 3 and item.logprob <= 0
+            assert item.logprob == item.top_logprobs[0].logprob  # greedy picks the best token
+            assert bytes(item.bytes).decode() == item.token
+    steered, baseline = (c.logprobs.content for c in reply.choices)
+    assert [t.logprob for t in baseline] == [t.logprob for t in alone]
+    assert [t.logprob for t in steered] != [t.logprob for t in baseline]
+    chunks = list(ask(logprobs=True, stream=True))
+    streamed = [i for c in chunks for ch in c.choices if ch.logprobs for i in ch.logprobs.content]
+    assert [t.logprob for t in streamed] == [t.logprob for t in alone]
+    assert all(t.top_logprobs == [] for t in streamed)
+    assert ask().choices[0].logprobs is None
+
+
+def test_a_preset_is_also_a_model_name(client):
+    ids = [m.id for m in client.models.list()]
+    assert "tiny-llama:golden-gate-bridge" in ids
+    by_name = client.chat.completions.create(
+        model="tiny-llama:golden-gate-bridge", messages=PROMPT, **GREEDY
+    )
+    by_field = client.chat.completions.create(
+        model="tiny-llama", messages=PROMPT, **GREEDY, extra_body=named(1.0)
+    )
+    unsteered = client.chat.completions.create(model="tiny-llama", messages=PROMPT, **GREEDY)
+    assert by_name.choices[0].message.content == by_field.choices[0].message.content
+    assert by_name.choices[0].message.content != unsteered.choices[0].message.content
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="tiny-llama:no-such-preset", messages=PROMPT)
+    assert "tiny-llama:golden-gate-bridge" in caught.value.body["message"]
+
+
+def test_unknown_routes_and_the_openapi_document(server):
+    answer = httpx.get(f"{server.url}/v1/completions-of-sorts", timeout=10)
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "unknown_url"
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/ChatRequest")
+    fields = schema["components"]["schemas"]["ChatRequest"]["properties"]
+    assert {"messages", "steering", "compare", "logprobs"} <= set(fields)
+    assert set(schema["paths"]) >= {"/v1/models", "/v1/presets", "/healthz"}

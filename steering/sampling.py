@@ -153,41 +153,96 @@ def make_generator(seed: int | None) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+# Uniform noise is clamped into [low, high] so that every Gumbel value is finite; the Gumbel
+# values then lie in about [-3.8, 15.9].
+NOISE_LOW, NOISE_HIGH = 1e-20, 1 - 1e-7
+
+
 def pick_tokens(
     logits: Tensor,  # (B, V) float32
-    noise: Tensor | None,  # (B, V) uniform in (0, 1), shared by a request's rows; None: greedy
+    noise: Tensor | None,  # (B, V) uniform in [0, 1), shared by a request's rows; None: greedy
     params: list[SamplingParams],
     seen: Tensor | None = None,  # (B, V) bool: tokens in each row's context, for the penalty
 ) -> Tensor:
-    """The next token of each row: (B,)."""
-    logits = logits.float()
-    if seen is not None and any(p.repetition_penalty != 1.0 for p in params):
-        penalty = logits.new_tensor([p.repetition_penalty for p in params])[:, None]
-        penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-        logits = torch.where(seen, penalized, logits)
-    greedy = logits.argmax(-1)
-    if all(p.greedy for p in params):
-        return greedy
-    temperature = logits.new_tensor([p.temperature or 1.0 for p in params])[:, None]
-    scores = _filter(logits / temperature, params)
-    gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1 - 1e-7)))
-    sampled = (scores + gumbel).argmax(-1)
-    is_greedy = torch.tensor([p.greedy for p in params], device=logits.device)
-    return torch.where(is_greedy, greedy, sampled)
+    """The next token of each row: (B,) long.
+
+    Row i depends only on row i of each input and on ``params[i]``, never on the other rows of
+    the batch. Its logits (finite or -inf, at least one finite) get the repetition penalty on
+    ``seen`` tokens (positive logits divided, negative ones multiplied), then a greedy row takes
+    the argmax (the lowest index among ties) and a sampled row takes
+    ``argmax(logits / temperature + Gumbel(noise))`` over the tokens that top-k and top-p keep.
+    Scores are float64, so no valid setting overflows: a tiny temperature tends to the greedy
+    token (sampling uniformly among tied maxima), and top_k=1 or a top_p below the best token's
+    probability give the greedy token exactly. The Gumbel values are computed in the noise's
+    dtype (float32: absolute error below 1e-6). Raises ValueError when a row samples and
+    ``noise`` is None.
+    """
+    scores = _penalize(logits.to(torch.float64, copy=True), params, seen)  # our own copy
+    rows = [i for i, p in enumerate(params) if not p.greedy]
+    if rows and noise is None:
+        raise ValueError(f"rows {rows} sample (temperature > 0), but no noise was given")
+    if len(rows) == len(params):
+        return _sample(scores, noise, params)
+    tokens = scores.argmax(-1)
+    if rows:
+        index = torch.tensor(rows, device=scores.device)
+        sampled = _sample(scores[index], noise[index], [params[i] for i in rows])  # a copy
+        tokens = tokens.index_copy(0, index, sampled)
+    return tokens
+
+
+def _sample(scores: Tensor, noise: Tensor, params: list[SamplingParams]) -> Tensor:
+    """(B,) argmax of scaled and filtered ``scores`` (B, V; overwritten) plus the Gumbel values
+    of ``noise`` (B, V)."""
+    log_e = noise.clamp(NOISE_LOW, NOISE_HIGH).log_().neg_().log_()  # Gumbel = -log_e
+    return _scaled_and_filtered(scores, params).sub_(log_e).argmax(-1)
+
+
+def _penalize(scores: Tensor, params: list[SamplingParams], seen: Tensor | None) -> Tensor:
+    """The repetition penalty on ``seen`` tokens; rows with penalty 1 are returned unchanged."""
+    if seen is None or all(p.repetition_penalty == 1.0 for p in params):
+        return scores
+    penalty = scores.new_tensor([p.repetition_penalty for p in params])[:, None]
+    penalized = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return torch.where(seen, penalized, scores)
+
+
+def _scaled_and_filtered(scores: Tensor, params: list[SamplingParams]) -> Tensor:
+    """(B, V) float64 scores of sampled rows divided by their temperature, then filtered.
+
+    Works in place: ``scores`` is overwritten (on a CPU a fresh (B, V) float64 buffer costs about
+    as much as the arithmetic). Each row is first shifted so that its best token scores 0: a
+    tiny temperature then sends the other tokens towards -inf (probability 0) instead of
+    overflowing, and the best tokens keep full precision next to the noise. A row whose logits
+    are all -inf stays all -inf.
+    """
+    temperature = scores.new_tensor([p.temperature for p in params])[:, None]
+    best = scores.amax(-1, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)
+    return _filter(scores.sub_(best).div_(temperature), params)
 
 
 def _filter(scores: Tensor, params: list[SamplingParams]) -> Tensor:
-    """Top-k then top-p (nucleus) per row; removed tokens get -inf."""
+    """Top-k then top-p (nucleus) per row; removed tokens get -inf. (B, V) -> (B, V).
+
+    Tokens rank by score, the lowest index first among ties. Top-k keeps the first k; top-p then
+    keeps each token whose probability mass ranked before it (within the top k) is below top_p,
+    so at least the best token. A row with top_k 0 (or at least V) and top_p 1 is returned
+    as it is, whatever the other rows ask.
+    """
     vocab = scores.shape[-1]
-    top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
-    top_p = [p.top_p for p in params]
-    if all(k == vocab for k in top_k) and all(p >= 1.0 for p in top_p):
+    rows = [i for i, p in enumerate(params) if 0 < p.top_k < vocab or p.top_p < 1.0]
+    if not rows:
         return scores
-    sorted_scores, order = scores.sort(dim=-1, descending=True)
+    index = torch.tensor(rows, device=scores.device)
+    sub = scores[index]
+    top_k = [params[i].top_k if 0 < params[i].top_k < vocab else vocab for i in rows]
+    top_p = sub.new_tensor([params[i].top_p for i in rows])[:, None]
+    ranked, order = sub.sort(dim=-1, descending=True, stable=True)
     rank = torch.arange(vocab, device=scores.device)[None, :]
-    remove = rank >= scores.new_tensor(top_k, dtype=torch.long)[:, None]
-    probs = sorted_scores.masked_fill(remove, -math.inf).softmax(-1)
-    mass_before = probs.cumsum(-1) - probs  # keep a token while the mass before it is < top_p
-    remove |= mass_before >= scores.new_tensor(top_p)[:, None]
+    remove = rank >= torch.tensor(top_k, device=scores.device)[:, None]
+    probs = ranked.masked_fill(remove, -math.inf).softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    remove |= (mass_before >= top_p) & (top_p < 1.0)  # top_p 1 removes nothing, rounding aside
     remove[:, 0] = False  # always keep the most likely token
-    return scores.scatter(-1, order, sorted_scores.masked_fill(remove, -math.inf))
+    filtered = sub.scatter(-1, order, ranked.masked_fill(remove, -math.inf))
+    return scores.index_copy(0, index, filtered)

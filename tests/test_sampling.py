@@ -19,6 +19,7 @@ from tiny_models import tiny_model, tiny_tokenizer
 
 from steering.engine import Engine
 from steering.models import SteerableModel, find_layers
+from steering.requests import build_request
 from steering.sampling import (
     NOISE_HIGH,
     NOISE_LOW,
@@ -336,8 +337,8 @@ MIXED = [  # (prompt, settings)
 
 def test_requests_with_mixed_settings_get_their_solo_replies_in_one_batch():
     engine = make_engine()
-    solo = [reply(engine.stream(r := engine.request(m, None, s)), r) for m, s in MIXED]
-    requests = [engine.request(m, None, s) for m, s in MIXED]
+    solo = [reply(engine.stream(r := build_request(engine.model, m, None, s)), r) for m, s in MIXED]
+    requests = [build_request(engine.model, m, None, s) for m, s in MIXED]
     events = engine.admit(requests)
     while engine.live:
         events += engine.step()
@@ -346,5 +347,7 @@ def test_requests_with_mixed_settings_get_their_solo_replies_in_one_batch():
     assert solo[1] == solo[2] == solo[0]
     assert solo[6] == solo[7]
     greedy_held = SamplingParams(0, min_new_tokens=4, max_new_tokens=8)
-    assert solo[8] == reply(engine.stream(r := engine.request("golden gate", None, greedy_held)), r)
+    assert solo[8] == reply(
+        engine.stream(r := build_request(engine.model, "golden gate", None, greedy_held)), r
+    )
     assert len({tuple(s) for s in solo}) >= 6  # the settings do give different replies

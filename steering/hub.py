@@ -28,14 +28,28 @@ FOLDERS_SHOWN = 10
 FILE_SUFFIXES = (".pth", ".pt", ".safetensors", ".npz", ".json")  # a sub that names one file
 
 
+def _demo_sae() -> Path:
+    from .demo import SAE_DIR
+
+    return SAE_DIR
+
+
+# SAEs shipped with steering, by their public names: the same in a checkout and a wheel.
+SHIPPED_SAES = {"demo-sae": _demo_sae}
+
+
 def resolve_sae_path(name: str, revision: str | None = None, local_only: bool = False) -> Path:
-    """A local path for ``name``: the path itself, or the Hub files it refers to.
+    """A local path for ``name``: the path itself, an SAE shipped with steering by its public
+    name (``demo-sae``), or the Hub files it refers to.
 
     ``local_only`` (for ``Path`` arguments) never reads ``name`` as a Hub reference.
     """
     path = Path(name).expanduser()
     if path.exists():
         return path
+    shipped = SHIPPED_SAES.get(name.strip())
+    if shipped is not None and not local_only:
+        return shipped()
     if local_only:
         raise SAELoadError(f"no such file or folder: {path.resolve()}")
     reference = name.strip().removeprefix(HUB_PREFIX)

@@ -202,6 +202,7 @@ def _explain_load_failure(name: str, error: Exception) -> str:
     return (
         f"could not load {name!r}: it is not a local folder, and the Hugging Face Hub did not "
         "provide it (offline, no access, or no such repository). On a machine with internet run "
-        f"`huggingface-cli download {name}` (the files land in the Hub cache, which also works "
-        f"offline), or pass the path of a downloaded folder. Details: {error}"
+        f"`hf download {name}` (older clients: `huggingface-cli download {name}`; the files land "
+        "in the Hub cache, which also works offline), or pass the path of a downloaded folder. "
+        f"Details: {error}"
     )

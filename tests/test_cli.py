@@ -169,3 +169,10 @@ def test_light_commands_import_neither_torch_nor_gradio(argv):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
     )
     assert out.stdout.strip().splitlines()[-1] == "HEAVY [] STATUS 0", out.stderr[-2000:]
+
+
+def test_the_demo_sae_loads_by_its_public_name(capsys):
+    assert main(["sae-info", "demo-sae", "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["source"] == "demo-sae" and facts["hook"] == "blocks.1.hook_resid_post"
+    assert load_sae("demo-sae").d_sae == facts["d_sae"]

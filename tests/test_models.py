@@ -109,7 +109,9 @@ def test_load_model_from_a_local_folder(tmp_path):
 
 def test_hub_id_offline_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match=r"not a local folder.*huggingface-cli download"):
+    with pytest.raises(
+        ModelLoadError, match=r"not a local folder.*`hf download .*huggingface-cli download"
+    ):
         load_model("some-org/model-that-is-not-cached")
 
 

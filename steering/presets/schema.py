@@ -328,10 +328,13 @@ def _join(path: str, line: str) -> str:
 
 
 def _allowed_fields(loc: tuple) -> list[str]:
+    """The fields of the preset's object at ``loc`` ([] when ``loc`` is not in the format)."""
     model: type[BaseModel] = Preset
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
+        if part not in model.model_fields:
+            return []
         annotation = model.model_fields[part].annotation
         inner = getattr(annotation, "__args__", (annotation,))[0]
         if not (isinstance(inner, type) and issubclass(inner, BaseModel)):

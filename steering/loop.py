@@ -213,7 +213,7 @@ class EngineLoop:
             for handles in self._waiting.values():
                 for handle in handles:
                     handle._end(reason, error)
-            for handle in self._handles.values():
+            for handle in list(self._handles.values()):  # a copy: a stuck step may still run
                 handle._end(reason, error)
             self._waiting.clear()
             self._waiting_count = 0

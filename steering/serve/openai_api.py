@@ -225,7 +225,7 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
 
     @router.api_route(
         "/v1/{path:path}",
-        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         include_in_schema=False,
     )
     def unknown(path: str, request: Request) -> JSONResponse:

@@ -56,6 +56,25 @@ class Limits:
     max_upload_bytes: int = _limit(
         PRESET_FILE.max_bytes, "largest preset file a visitor may upload"
     )
+    # The API's bounds before any work: checked on the raw body, then on the parsed chat.
+    max_body_bytes: int = _limit(1024 * 1024, "largest API request body in bytes (413 beyond)")
+    max_messages: int = _limit(256, "most messages in one chat request")
+    max_message_chars: int = _limit(32_768, "most characters in one message")
+    max_total_chars: int = _limit(65_536, "most characters in all of a request's messages")
+    max_request_threads: int = _limit(
+        4, "API requests checked and tokenized at once (worker threads; the rest wait)"
+    )
+    # One visitor (a client address, or an API key) at a time.
+    max_requests_per_minute: int = _limit(
+        30, "API requests one visitor may make per minute (a burst may spend a minute's worth)"
+    )
+    max_tokens_per_minute: int = _limit(
+        40_000, "prompt and reply tokens one visitor may use per minute (all rows counted)"
+    )
+    max_in_flight: int = _limit(4, "API requests one visitor may have waiting or running at once")
+    max_stall_seconds: float = _limit(
+        120.0, "seconds without engine progress, with requests in flight, before /healthz is down"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

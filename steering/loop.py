@@ -5,19 +5,32 @@ plain or an async iterator). Requests that arrive while a batch is decoding join
 step; a handle whose reader stops (closed iterator, cancelled task, ``cancel()``) frees its rows
 at the next step. The waiting queue is bounded: beyond it ``submit`` raises ``Busy``. This is
 the server's generation backend (``steering.serve.backend.Backend``).
+
+**Fair turns**: waiting requests are admitted round-robin by ``Request.visitor``, not first come
+first served. Each visitor with requests waiting has a place in the turn order; when rows free,
+the visitor at the front is admitted one request and, if it has more waiting, goes to the back.
+So however many requests one visitor queues, another visitor's next request is admitted after
+at most one admission per visitor ahead of it in the turn order (one admission round). An
+anonymous request (``visitor == ""``) is a turn of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .engine import Engine
 from .errors import Busy
 from .requests import Event, Request
+
+log = logging.getLogger("steering.loop")
 
 
 class Handle:
@@ -30,9 +43,13 @@ class Handle:
         self.events: queue.Queue[Event] = queue.Queue()
         self._open_rows = len(request.rows)  # the reader's count
         self._unfinished = set(range(len(request.rows)))  # the engine thread's count
+        self._wake: Callable[[], None] | None = None  # an async reader's wake-up
 
     def cancel(self) -> None:
-        self.loop.cancel(self.request.id)
+        """End the request at whatever stage it is (see ``EngineLoop.cancel``); no-op once
+        every row has its final event."""
+        if not self.finished:
+            self.loop.cancel(self.request.id)
 
     def __iter__(self) -> Iterator[Event]:
         try:
@@ -43,11 +60,28 @@ class Handle:
                 self.cancel()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
+        """Read on the event loop with no thread: the engine thread wakes this task, so a
+        reader that is cancelled (its client gone) leaves nothing blocked behind."""
+        ready = asyncio.Event()
+        event_loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is reading
+                event_loop.call_soon_threadsafe(ready.set)
+
+        self._wake = wake
         try:
             while self._open_rows:
-                item = await asyncio.to_thread(self.events.get)
+                try:
+                    item = self.events.get_nowait()
+                except queue.Empty:
+                    ready.clear()
+                    if self.events.empty():  # checked after clear(): no wake-up is lost
+                        await ready.wait()
+                    continue
                 yield self._take(item)
         finally:
+            self._wake = None
             if self._open_rows:
                 self.cancel()
 
@@ -63,6 +97,9 @@ class Handle:
                 return  # a row ends once
             self._unfinished.discard(event.row)
         self.events.put(event)
+        wake = self._wake
+        if wake is not None:
+            wake()
 
     def _end(self, reason: str, error: BaseException | None = None) -> None:
         """Final events for every row that has none yet."""
@@ -78,34 +115,51 @@ class Handle:
 class EngineLoop:
     """The engine on its own thread: requests queue here and join the batch between steps.
 
-    ``max_waiting`` (default: the engine's ``limits.max_waiting``) bounds the queue. A failure
-    in one request never fails another: requests that cannot be admitted or whose rows fail
-    alone end with "error"; only a failure of the batch as a whole ends every request in it.
+    ``max_waiting`` (default: the engine's ``limits.max_waiting``) bounds the queue, across
+    visitors, and one visitor may hold at most half of it; waiting requests are admitted in
+    fair turns by visitor (see the module docstring). A failure in one request never fails
+    another: requests that cannot be admitted or whose rows fail alone end with "error"; only a
+    failure of the batch as a whole ends every request in it. Should the engine thread ever
+    stop, every request ends ("error") and ``submit`` answers ``Busy``: no reader waits for
+    events that cannot come.
     """
 
     def __init__(self, engine: Engine, *, max_waiting: int | None = None) -> None:
         self.engine = engine
         self.max_waiting = engine.limits.max_waiting if max_waiting is None else max_waiting
-        self._waiting: list[Handle] = []
+        self.max_waiting_per_visitor = max(1, self.max_waiting // 2)  # others always find room
+        self._waiting: dict[str, deque[Handle]] = {}  # by visitor, in turn order
+        self._waiting_count = 0
         self._handles: dict[int, Handle] = {}  # admitted, by request id
         self._cancelled: set[int] = set()
         self._wake = threading.Condition()
         self._stopping = False
+        self._progress = time.monotonic()  # the engine's last admission or step, or idle's end
         self._thread = threading.Thread(target=self._run, name="steering-engine", daemon=True)
         self._thread.start()
 
     def submit(self, request: Request) -> Handle:
-        """Queue ``request``; raises ``Busy`` when the queue is full or it can never fit."""
+        """Queue ``request`` behind its visitor's earlier ones; raises ``Busy`` when the queue
+        is full, the request can never fit a batch, or the engine has stopped."""
         if len(request.rows) > self.engine.max_batch:
             rows, limit = len(request.rows), self.engine.max_batch
             raise Busy(f"a request of {rows} rows exceeds the batch size {limit}")
         handle = Handle(self, request)
         with self._wake:
-            if self._stopping:
+            if self._stopping or not self._thread.is_alive():
                 raise Busy("the server is shutting down")
-            if len(self._waiting) >= self.max_waiting:
-                raise Busy(f"{len(self._waiting)} requests are already waiting; try again shortly")
-            self._waiting.append(handle)
+            if self._waiting_count >= self.max_waiting:
+                raise Busy(f"{self._waiting_count} requests are already waiting; try again shortly")
+            turn = _turn(request)
+            if len(self._waiting.get(turn, ())) >= self.max_waiting_per_visitor:
+                raise Busy(
+                    f"you have {self.max_waiting_per_visitor} requests waiting already, the most "
+                    "one visitor may queue; try again when one has started"
+                )
+            if not self._busy():
+                self._progress = time.monotonic()  # idle time is not a stall
+            self._waiting.setdefault(turn, deque()).append(handle)
+            self._waiting_count += 1
             self._wake.notify()
         return handle
 
@@ -113,23 +167,34 @@ class EngineLoop:
         """Cancel a request: one still waiting ends at once and never runs; a running one
         leaves the batch before the next forward pass."""
         with self._wake:
-            for i, handle in enumerate(self._waiting):
-                if handle.request.id == request_id:
-                    del self._waiting[i]
-                    handle._end("cancelled")
-                    return
+            for turn, handles in self._waiting.items():
+                for handle in handles:
+                    if handle.request.id == request_id:
+                        handles.remove(handle)
+                        if not handles:
+                            del self._waiting[turn]
+                        self._waiting_count -= 1
+                        handle._end("cancelled")
+                        return
             self._cancelled.add(request_id)
             self._wake.notify()
 
     def health(self) -> dict[str, Any]:
-        """What a health check reports: the engine thread alive, rows running, requests queued."""
+        """What a health check reports: the engine thread alive, rows running and free,
+        requests and visitors waiting, and ``stalled_seconds``: how long the engine has made no
+        progress (no admission, no step) while it had work (0 when idle)."""
         with self._wake:
-            waiting = len(self._waiting)
+            waiting, visitors = self._waiting_count, len(self._waiting)
+            stalled = time.monotonic() - self._progress if self._busy() else 0.0
+        running = len(self.engine.live)
         return {
-            "engine_alive": self._thread.is_alive(),
-            "running_rows": len(self.engine.live),
+            "engine_alive": self._thread.is_alive() and not self._stopping,
+            "running_rows": running,
+            "free_rows": max(0, self.engine.max_batch - running),
             "waiting": waiting,
+            "visitors_waiting": visitors,
             "max_waiting": self.max_waiting,
+            "stalled_seconds": round(stalled, 3),
         }
 
     def close(self) -> None:
@@ -138,13 +203,32 @@ class EngineLoop:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=30)
+        self._end_all("cancelled")
+
+    def _busy(self) -> bool:
+        return bool(self._waiting or self.engine.live or self._handles)
+
+    def _end_all(self, reason: str, error: BaseException | None = None) -> None:
         with self._wake:
-            for handle in [*self._waiting, *self._handles.values()]:
-                handle._end("cancelled")
+            for handles in self._waiting.values():
+                for handle in handles:
+                    handle._end(reason, error)
+            for handle in list(self._handles.values()):  # a copy: a stuck step may still run
+                handle._end(reason, error)
             self._waiting.clear()
+            self._waiting_count = 0
 
     def _run(self) -> None:
         """The engine thread: admit what fits, step, hand out events, until ``close``."""
+        try:
+            self._serve()
+        except BaseException as e:  # a bug in the loop itself: end every request, then stop
+            log.exception("the engine loop stopped")
+            with self._wake:
+                self._stopping = True
+            self._end_all("error", e)
+
+    def _serve(self) -> None:
         engine = self.engine
         while True:
             with self._wake:
@@ -155,6 +239,7 @@ class EngineLoop:
                 admitted = self._take_waiting(engine.max_batch - len(engine.live))
             self._handles.update((h.request.id, h) for h in admitted)
             events = self._admit(admitted) if admitted else []
+            self._progress = time.monotonic()
             with self._wake:  # cancels that landed until now, admission included
                 cancelled, self._cancelled = self._cancelled, set()
             for request_id in cancelled:
@@ -164,12 +249,24 @@ class EngineLoop:
             except Exception as e:  # the batch as a whole failed: its requests, not the server
                 self._fail_all(e)
                 continue
+            finally:
+                self._progress = time.monotonic()
             self._dispatch(events)
 
     def _take_waiting(self, room: int) -> list[Handle]:
+        """Requests to admit into ``room`` rows, one per visitor in turn order; a visitor with
+        more waiting goes to the back. Stops at the first that does not fit, so a compare is
+        never passed over for ever by single rows."""
         admitted = []
-        while self._waiting and len(self._waiting[0].request.rows) <= room:
-            handle = self._waiting.pop(0)
+        while self._waiting:
+            turn, handles = next(iter(self._waiting.items()))
+            if len(handles[0].request.rows) > room:
+                break
+            handle = handles.popleft()
+            del self._waiting[turn]
+            if handles:
+                self._waiting[turn] = handles  # the back of the turn order
+            self._waiting_count -= 1
             room -= len(handle.request.rows)
             admitted.append(handle)
         return admitted
@@ -201,10 +298,11 @@ class EngineLoop:
     def _dispatch(self, events: list[Event]) -> None:
         for event in events:
             handle = self._handles.get(event.request_id)
-            if handle is not None:
-                handle._put(event)
-        for request_id in [i for i, h in self._handles.items() if h.finished]:
-            del self._handles[request_id]
+            if handle is None:
+                continue
+            if event.finish_reason is not None and handle._unfinished == {event.row}:
+                del self._handles[event.request_id]  # gone before its reader sees the end
+            handle._put(event)
 
     def _fail_all(self, error: Exception) -> None:
         for handle in self._handles.values():
@@ -213,3 +311,8 @@ class EngineLoop:
             row.request.cancelled = True
         self.engine.drop_finished()
         self._handles.clear()
+
+
+def _turn(request: Request) -> str:
+    """Whose turn a request waits in: its visitor's, or its own when anonymous."""
+    return f"visitor:{request.visitor}" if request.visitor else f"request:{request.id}"

@@ -37,11 +37,16 @@ class Row:
 
 @dataclass
 class Request:
-    """Rows that share their sampling settings and random numbers; ``id`` is unique."""
+    """Rows that share their sampling settings and random numbers; ``id`` is unique.
+
+    ``visitor`` names who sent it (the server's key for a client address or API key), so the
+    loop can give each visitor a fair turn; "" (anonymous) is a turn of its own.
+    """
 
     rows: tuple[Row, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     id: int = field(default_factory=lambda: next(_ids))
+    visitor: str = ""
 
 
 @dataclass(frozen=True)

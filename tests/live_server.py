@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import uvicorn
@@ -77,16 +78,18 @@ class LiveServer:
         self.service.close()
 
 
-def start_server(service: Service, page: bool = True) -> LiveServer:
+def start_server(service: Service, page: bool = True, **options: Any) -> LiveServer:
+    """``service`` served on a free port; ``options`` go to ``create_app`` (e.g. ``access``)."""
     from steering.serve.app import create_app
 
     port = free_port()
     config = uvicorn.Config(
-        create_app(service, page=page),
+        create_app(service, page=page, **options),
         host="127.0.0.1",
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=1,
+        proxy_headers=False,  # as ``steering serve``: only the app's Access trusts proxies
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -18,7 +18,15 @@ GREEDY = {"temperature": 0, "max_tokens": 10}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    limits = Limits(max_new_tokens=64, max_edits=4, max_multiple=50)
+    # One client address sends every request here: its per-visitor limits are out of the way.
+    limits = Limits(
+        max_new_tokens=64,
+        max_edits=4,
+        max_multiple=50,
+        max_requests_per_minute=10_000,
+        max_tokens_per_minute=10**7,
+        max_in_flight=32,
+    )
     live = start_server(tiny_service(tmp_path_factory.mktemp("api"), limits))
     yield live
     live.stop()

@@ -1,12 +1,14 @@
 """``steering serve``: the demo page and the OpenAI-compatible API on one model.
 
-Every ``Limits`` field is a ``--max-...`` flag with the field's own help text and default.
+Every ``Limits`` field is a ``--max-...`` flag with the field's own help text and default;
+``--trusted-proxy`` and ``--api-key`` say who the API's visitors are.
 Nothing heavy is imported until the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 from typing import Any
 
@@ -30,6 +32,21 @@ def add_serve_command(subparsers: Any) -> None:
     serve_cmd.add_argument("--device", help="cpu, cuda, cuda:1, mps")
     serve_cmd.add_argument("--dtype", help="float32, bfloat16 or float16")
     serve_cmd.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
+    serve_cmd.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="a proxy (address or network) whose X-Forwarded-For names the client; repeat",
+    )
+    serve_cmd.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="require Authorization: Bearer KEY on /v1 (each key is a visitor); repeat, or set "
+        "$STEERING_API_KEYS (comma-separated)",
+    )
     for f in fields(Limits):
         flag = "--" + f.name.replace("_", "-")
         kind = int if f.type in ("int", int) else float
@@ -44,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve.app import ServeConfig, serve
 
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    keys = [*args.api_key, *os.environ.get("STEERING_API_KEYS", "").split(",")]
     config = ServeConfig(
         model=args.model,
         saes=args.sae,
@@ -54,6 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         layers=args.layers,
         limits=limits,
+        trusted_proxies=tuple(args.trusted_proxy),
+        api_keys=tuple(key.strip() for key in keys if key.strip()),
     )
     serve(config)
     return 0

@@ -98,9 +98,10 @@ class SAEResolver:
             kind = "a local path"
         else:
             kind = "not an SAE of this server"
-        usable = sorted(self.allowed)
+        usable = sorted(r for r in self.allowed if not is_server_path(r))  # never a server path
+        shown = ref if len(ref) <= 100 else ref[:100] + "..."
         return (
-            f"{ref!r} is {kind}; a preset received over the network may only use the SAEs "
+            f"{shown!r} is {kind}; a preset received over the network may only use the SAEs "
             f"this server has loaded or allows: {', '.join(usable) or 'none'}"
         )
 
@@ -116,6 +117,13 @@ class SAEResolver:
             return load(ref, device=self.device, dtype=self.dtype)
         except LayerUnknown:  # files that do not record their layer: the preset says it
             return load(ref, device=self.device, dtype=self.dtype, layer=declared.layer)
+
+
+def is_server_path(ref: str) -> bool:
+    """Whether ``ref`` is a file-system path (absolute, relative, home or drive), which a
+    server never shows a visitor, rather than a public name such as a Hub reference."""
+    ref = ref.strip()
+    return ref.startswith(("/", ".", "~", "\\")) or "\\" in ref or ref[1:3] in (":/", ":\\")
 
 
 def shipped_sae_path(ref: str) -> str | None:

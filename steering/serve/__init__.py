@@ -3,6 +3,10 @@
 - ``backend``: the one interface between the server and generation;
 - ``service``: the model, its presets and SAEs, the limits, and the backend;
 - ``openai_api``: ``/v1/chat/completions``, ``/v1/models``, ``/v1/presets``;
+- ``api_errors``: OpenAI's error shape, with what it echoes cut short;
+- ``bodies``: reading a body within bounds (media type, size, time, depth) before any work;
+- ``visitors``: who a request comes from, per-visitor rate limits and requests in flight;
+- ``workers``: the bounded worker threads the API's CPU work runs in;
 - ``app``: the FastAPI app with the page mounted, and ``serve``.
 
 This package is the page's (``ui``) view of the server: ``ui`` imports from here and from the

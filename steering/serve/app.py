@@ -18,6 +18,7 @@ from ..errors import SteeringError
 from ..limits import Limits
 from ..presets.saes import DEMO_SAE_REF
 from .service import Service
+from .visitors import Access
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -27,7 +28,8 @@ log = logging.getLogger("steering.server")
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """What ``steering serve`` loads and where it listens."""
+    """What ``steering serve`` loads and where it listens; ``trusted_proxies`` and
+    ``api_keys`` are the ``Access`` its API gives visitors (``steering.serve.visitors``)."""
 
     model: str | None = None  # None: the shipped demo model, when this checkout has it
     saes: Sequence[str] = ()
@@ -38,24 +40,55 @@ class ServeConfig:
     dtype: str | None = None
     layers: str | None = None
     limits: Limits = field(default_factory=Limits)
+    trusted_proxies: Sequence[str] = ()
+    api_keys: Sequence[str] = ()
 
 
-def create_app(service: Service, *, page: bool = True) -> FastAPI:
-    """The API (``/v1/...``, ``/healthz``) and, with ``page``, the demo page at ``/``."""
-    from fastapi import FastAPI
+def create_app(service: Service, *, page: bool = True, access: Access | None = None) -> FastAPI:
+    """The API (``/v1/...``, ``/healthz``) and, with ``page``, the demo page at ``/``.
 
-    from .openai_api import build_router
+    ``access`` says which proxies' forwarded addresses to trust and which API keys, if any,
+    the API needs (default: neither: each client address is a visitor). Uvicorn's own
+    forwarded-header handling must be off (``proxy_headers=False``, as ``serve`` runs it):
+    only ``access`` decides who a client is.
+    """
+    from fastapi import APIRouter, FastAPI
+    from fastapi.responses import JSONResponse
+
+    from .openai_api import ApiRoute, build_router
+    from .visitors import Visitors
+    from .workers import Workers
 
     app = FastAPI(title="steering", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.state.service = service
-    app.include_router(build_router(service))
+    visitors = Visitors(service.limits, access or Access())
+    workers = Workers(service.limits.max_request_threads)
+    app.state.service, app.state.visitors = service, visitors
+    app.include_router(build_router(service, visitors, workers))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    health_router = APIRouter(route_class=ApiRoute)
 
-    @app.get("/healthz")
-    def health() -> dict[str, Any]:
+    @health_router.get("/healthz", responses={503: {"description": "the engine is down"}})
+    async def health() -> Any:
+        """ "ok" (200), or "down" (503) when the engine thread is dead or has made no progress
+        for ``max_stall_seconds`` while it had work; with what the server is doing."""
         state = service.health()
-        return {"status": "ok" if state["engine_alive"] else "down", **state}
+        stalled = float(state.get("stalled_seconds", 0.0))
+        problems = [] if state["engine_alive"] else ["the engine has stopped"]
+        if stalled > service.limits.max_stall_seconds:
+            problems.append(
+                f"the engine has made no progress for {stalled:.0f} s with requests in flight "
+                f"(max_stall_seconds {service.limits.max_stall_seconds:g})"
+            )
+        answer = {
+            "status": "down" if problems else "ok",
+            **({"problems": problems} if problems else {}),
+            **state,
+            **workers.health(),
+            "visitor_requests_in_flight": visitors.in_flight(),
+        }
+        return JSONResponse(answer, status_code=503 if problems else 200)
 
+    app.include_router(health_router)
     if page:
         app = _mount_page(app, service)
     return app
@@ -140,13 +173,21 @@ def serve(config: ServeConfig) -> None:
     """Load everything, print the URL, and serve until interrupted."""
     import uvicorn
 
+    access = Access(tuple(config.trusted_proxies), tuple(config.api_keys))
     service = load_service(config)
-    app = create_app(service)
+    app = create_app(service, access=access)
     host = "localhost" if config.host in ("127.0.0.1", "0.0.0.0") else config.host
     print(f"steering: {service.model_id} with {len(service.presets)} presets", flush=True)
     print(f"  page: http://{host}:{config.port}/", flush=True)
     print(f"  API:  http://{host}:{config.port}/v1  (OpenAI-compatible)", flush=True)
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+        uvicorn.run(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            proxy_headers=False,  # ``access`` alone decides which forwarded addresses count
+            timeout_graceful_shutdown=5,  # in-flight requests end "cancelled", not block exit
+        )
     finally:
         service.close()

@@ -9,12 +9,18 @@ methods and the stream.
 Contract:
 - ``submit(request)`` queues the request and returns at once; it raises ``Busy`` when the
   backend cannot take more work. It never raises for a bad request: requests are checked
-  when built.
-- The stream yields ``Event`` values in order, exactly one with a ``finish_reason`` per row;
-  it may also raise the exception that failed the request. Iterating it (plainly or with
-  ``async for``) and stopping early, or calling ``cancel()``, frees the request's rows.
+  when built. ``request.visitor`` names who sent it ("" when anonymous): a backend shared by
+  visitors should give each a fair turn (``EngineLoop`` admits waiting requests round-robin
+  by visitor).
+- The stream yields ``Event`` values in order, exactly one with a ``finish_reason`` per row,
+  whatever happens (also when cancelled at any stage, or when the backend stops); it may also
+  raise the exception that failed the request. Iterating it (plainly or with ``async for``)
+  and stopping early, or calling ``cancel()`` (idempotent), frees the request's rows. ``async
+  for`` must not hold a thread while it waits: a cancelled reader leaves nothing behind.
 - ``health()`` returns a JSON-able dict with at least ``engine_alive`` (bool), ``running_rows``
-  and ``waiting``; ``close()`` stops the backend.
+  and ``waiting``, and may add ``stalled_seconds`` (how long the backend has made no progress
+  while it had work; ``/healthz`` answers "down" beyond ``Limits.max_stall_seconds``);
+  ``close()`` stops the backend.
 """
 
 from __future__ import annotations

@@ -15,29 +15,47 @@ this server's presets, so a client that can only pick a model still gets steerin
 Requests are checked strictly: a field this server does not implement (``tools``,
 ``response_format``, ``n`` > 1, ...) or does not know is a 400 naming it, never silently
 ignored. Errors follow OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Bounds come before work (a public server's anonymous visitors): the visitor and its limits
+(``visitors``: 401, 429), the media type and body size (``bodies``: 415, 413), then, in a
+bounded worker thread (``workers``), the JSON's depth, the message count and characters, the
+steering and the tokenizer. A client that leaves cancels its request, streaming or not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
-from ..chat import flatten_content
 from ..errors import Busy, LimitError, PromptTooLong, SteeringError
+from ..limits import Limits
 from ..plan import SteeringPlan
+from ..presets.library import PresetEntry
+from ..presets.saes import is_server_path
 from ..presets.schema import NamedPresets, Preset, PresetRef, error_lines
 from ..requests import Event
 from ..sampling import MAX_TOP_LOGPROBS, SamplingParams
+from .api_errors import INTERNAL_ERROR, ApiError, clip, retry_after, shown
 from .backend import EventStream
+from .bodies import parse_json, read_body, require_json
 from .service import Service
+from .visitors import Ticket, Visitors
+from .workers import Workers
+
+log = logging.getLogger("steering.server")
 
 # Engine setting names -> the OpenAI parameter a client sent.
 PARAM_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
@@ -57,21 +75,43 @@ UNSUPPORTED = {
     "reasoning_effort": "reasoning settings",
 }
 ROUTES = ("GET /v1/models", "GET /v1/presets", "POST /v1/chat/completions", "GET /openapi.json")
+JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
+DISCONNECT_POLL_S = 0.5  # how often a plain (non-streaming) request checks its client is there
 
 
-class ApiError(Exception):
-    """An answer in OpenAI's error shape, with its HTTP status."""
+class ApiRoute(APIRoute):
+    """A route whose ``ApiError`` becomes its answer and whose unexpected exception becomes
+    ``INTERNAL_ERROR`` (logged with its traceback for the host, never shown)."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as e:
+                return e.response()
+            except HTTPException:
+                raise
+            except Exception:
+                log.exception("%s %s failed", request.method, request.url.path[:100])
+                return INTERNAL_ERROR.response()
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.body()}, status_code=self.status)
+        return guarded
+
+
+class TextPart(BaseModel):
+    """A content part; only text is implemented."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(BaseModel):
@@ -79,8 +119,13 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+    content: str | list[TextPart] | None = None
+    name: str | None = Field(None, max_length=64)
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
 
 
 def _steering_kind(value: Any) -> str | None:
@@ -138,40 +183,49 @@ class ChatRequest(BaseModel):
     """EOS and stop strings cannot end a reply before this many tokens."""
 
 
-def build_router(service: Service) -> APIRouter:
-    """The API's routes over ``service``: models, presets and chat completions."""
-    router = APIRouter()
+def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIRouter:
+    """The API's routes over ``service``: models, presets and chat completions, each visitor
+    within its limits (``visitors``), CPU work in ``workers``."""
+    router = APIRouter(route_class=ApiRoute)
+    cards = [_preset_card(service, entry) for entry in service.presets.values()]
 
     @router.get("/v1/models")
-    def models() -> dict[str, Any]:
+    def models(request: Request) -> dict[str, Any]:
+        visitors.identify(request)  # 401 without a key where the host sets keys
         ids = [service.model_id, *(preset_model_id(service, s) for s in preset_slugs(service))]
         return {"object": "list", "data": [_model_card(model_id) for model_id in ids]}
 
     @router.get("/v1/presets")
-    def presets() -> dict[str, Any]:
-        data = [_preset_card(e.preset) for e in service.presets.values()]
-        return {"object": "list", "data": data}
+    def presets(request: Request) -> dict[str, Any]:
+        visitors.identify(request)
+        return {"object": "list", "data": cards}
 
     @router.post("/v1/chat/completions", openapi_extra=_REQUEST_BODY)
     async def chat_completions(request: Request) -> Any:
+        visitor = visitors.identify(request)
+        require_json(request)
+        ticket = visitors.admit(visitor)
         try:
-            body = _parse(await _json(request))
-            handle, plan, warnings = _submit(service, body)
-        except ApiError as e:
-            return e.response()
+            raw = await read_body(request, service.limits.max_body_bytes)
+            body, handle, plan, warnings = await _prepare(service, workers, raw, visitor)
+        except BaseException:
+            ticket.release()
+            raise
         reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            stream = _sse(service, body, handle, reply_id)
-            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+            events = _sse(service, body, handle, reply_id, ticket)
+            return EventStreamResponse(events, handle, ticket)
         try:
-            return await _complete(service, body, handle, reply_id, plan, warnings)
-        except ApiError as e:
-            return e.response()
+            return await _unless_client_leaves(
+                request, _complete(service, body, handle, reply_id, plan, warnings, ticket)
+            )
+        finally:
+            handle.cancel()
+            ticket.release()
 
     @router.api_route(
         "/v1/{path:path}",
-        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         include_in_schema=False,
     )
     def unknown(path: str, request: Request) -> JSONResponse:
@@ -183,6 +237,64 @@ def build_router(service: Service) -> APIRouter:
     return router
 
 
+async def _prepare(
+    service: Service, workers: Workers, raw: bytes, visitor: str
+) -> tuple[ChatRequest, EventStream, SteeringPlan, list[str]]:
+    """Parse, check and submit the body in a worker thread. Should this task be cancelled
+    while the thread runs, the request it submitted is cancelled too."""
+    submitted: list[EventStream] = []
+
+    def work() -> tuple[ChatRequest, EventStream, SteeringPlan, list[str]]:
+        body = _parse(parse_json(raw))
+        _check_chat(body, service.limits)
+        _check_stop(body, service.limits)
+        handle, plan, warnings = _submit(service, body, visitor)
+        submitted.append(handle)
+        return body, handle, plan, warnings
+
+    try:
+        return await workers.run(work)
+    except BaseException:
+        for handle in submitted:
+            handle.cancel()
+        raise
+
+
+async def _unless_client_leaves(request: Request, work: Any) -> Any:
+    """The result of ``work``; when the client disconnects first, ``work`` is cancelled (so
+    is its request) and the answer is a 499 that nobody reads."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                message = "the client closed the request; it was cancelled"
+                return ApiError(499, message, code="client_closed_request").response()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # its handle is cancelled
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE answer that cancels its request and ends its visitor's ticket however it ends
+    (finished, client gone, or gone before the stream began)."""
+
+    def __init__(self, content: AsyncIterator[str], handle: EventStream, ticket: Ticket) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.handle, self.ticket = handle, ticket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.handle.cancel()
+            self.ticket.release()
+
+
 def preset_slugs(service: Service) -> list[str]:
     return [entry.preset.slug for entry in service.presets.values()]
 
@@ -192,24 +304,19 @@ def preset_model_id(service: Service, slug: str) -> str:
     return f"{service.model_id}:{slug}"
 
 
-async def _json(request: Request) -> Any:
-    try:
-        return await request.json()
-    except ValueError as e:
-        raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from None
-
-
 def _parse(data: Any) -> ChatRequest:
-    if isinstance(data, dict):
-        for name in data.keys() & UNSUPPORTED.keys():
-            if data[name] not in (None, [], {}):
-                raise ApiError(
-                    400,
-                    f"{name}: this server does not implement {UNSUPPORTED[name]}",
-                    param=name,
-                    code="unsupported_parameter",
-                )
-        data = {k: v for k, v in data.items() if k not in UNSUPPORTED}
+    if not isinstance(data, dict):
+        kind = JSON_KINDS.get(type(data), "a value")
+        raise ApiError(400, f"the body must be a JSON object, not {kind}", code="invalid_json")
+    for name in data.keys() & UNSUPPORTED.keys():
+        if data[name] not in (None, [], {}):
+            raise ApiError(
+                400,
+                f"{name}: this server does not implement {UNSUPPORTED[name]}",
+                param=name,
+                code="unsupported_parameter",
+            )
+    data = {k: v for k, v in data.items() if k not in UNSUPPORTED}
     try:
         body = ChatRequest.model_validate(data)
     except ValidationError as e:
@@ -233,27 +340,65 @@ def _validation_error(error: ValidationError) -> ApiError:
         problems = [line for line in error_lines(error) if line.startswith("steering")]
         message = "steering: invalid preset:\n  " + "\n  ".join(problems)
         return ApiError(400, message, param="steering", code="invalid_steering")
-    param = ".".join(loc) or None
+    param = clip(".".join(loc)) or None  # field names may be a visitor's own keys
     if first["type"] == "extra_forbidden":
         message = f"{param}: unrecognized request argument; see GET /openapi.json"
         return ApiError(400, message, param=param, code="unrecognized_argument")
     return ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value")
 
 
-def _submit(service: Service, body: ChatRequest) -> tuple[EventStream, SteeringPlan, list[str]]:
+def _check_chat(body: ChatRequest, limits: Limits) -> None:
+    """The chat's size against ``limits``, before anything tokenizes it."""
+    if len(body.messages) > limits.max_messages:
+        message = f"messages: {len(body.messages)} messages, at most {limits.max_messages}"
+        raise ApiError(400, message + " (max_messages)", param="messages", code="limit_exceeded")
+    total = 0
+    for i, m in enumerate(body.messages):
+        chars = len(m.text())
+        total += chars
+        if chars > limits.max_message_chars:
+            param = f"messages.{i}.content"
+            message = f"{param}: {chars} characters, at most {limits.max_message_chars}"
+            raise ApiError(
+                400, message + " (max_message_chars)", param=param, code="limit_exceeded"
+            )
+    if total > limits.max_total_chars:
+        message = f"messages: {total} characters in all, at most {limits.max_total_chars}"
+        raise ApiError(400, message + " (max_total_chars)", param="messages", code="limit_exceeded")
+
+
+def _check_stop(body: ChatRequest, limits: Limits) -> None:
+    """Stop strings against ``limits``; the messages name ``stop``, never echo its value."""
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    problem = None
+    if len(stops) > limits.max_stop_strings:
+        problem = f"{len(stops)} stop strings, at most {limits.max_stop_strings} (max_stop_strings)"
+    elif any(not s for s in stops):
+        problem = "a stop string is empty"
+    else:
+        for i, s in enumerate(stops):
+            if len(s) > limits.max_stop_length:
+                problem = (
+                    f"stop string {i} has {len(s)} characters, at most {limits.max_stop_length} "
+                    "(max_stop_length)"
+                )
+                break
+    if problem is not None:
+        raise ApiError(400, f"stop: {problem}", param="stop", code="invalid_value")
+
+
+def _submit(
+    service: Service, body: ChatRequest, visitor: str = ""
+) -> tuple[EventStream, SteeringPlan, list[str]]:
     steering = _steering(service, body)
     messages = [
-        {
-            "role": "system" if m.role == "developer" else m.role,
-            "content": flatten_content(m.content),
-        }
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
         for m in body.messages
     ]
     try:
         plan, warnings = service.plan(steering)
-        handle = service.submit(
-            messages, plan, _sampling(body, service.limits.default_new_tokens), compare=body.compare
-        )
+        sampling = _sampling(body, service.limits.default_new_tokens)
+        handle = service.submit(messages, plan, sampling, compare=body.compare, visitor=visitor)
     except Exception as e:
         raise _as_api_error(e) from e
     return handle, plan, warnings
@@ -266,7 +411,7 @@ def _steering(service: Service, body: ChatRequest) -> Preset | NamedPresets | No
     model, _, slug = body.model.partition(":")
     if model != service.model_id or slug not in preset_slugs(service):
         models = [service.model_id, *(preset_model_id(service, s) for s in preset_slugs(service))]
-        message = f"model {body.model[:100]!r} is not served here; use one of {models}"
+        message = f"model {shown(body.model)} is not served here; use one of {models}"
         raise ApiError(404, message, param="model", code="model_not_found")
     if body.steering is not None:
         message = f"steering: the model name already applies the preset {slug!r}; give one"
@@ -295,7 +440,8 @@ def _sampling(body: ChatRequest, default_tokens: int) -> SamplingParams:
 def _as_api_error(error: Exception) -> ApiError:
     """A library error as OpenAI's error shape, mapped by its class and ``param``."""
     if isinstance(error, Busy):
-        return ApiError(503, f"the server is busy: {error}", code="server_busy")
+        message = f"the server is busy: {error}"
+        return ApiError(503, message, code="server_busy", headers=retry_after(1))
     if not isinstance(error, SteeringError):
         raise error
     engine_param = error.param or "steering"  # plan and preset errors come from the steering
@@ -341,11 +487,13 @@ async def _complete(
     reply_id: str,
     plan: SteeringPlan,
     warnings: list[str],
+    ticket: Ticket,
 ) -> dict[str, Any]:
     tokenizer = service.model.tokenizer
     choices = [_Choice() for _ in handle.request.rows]
     async for event in handle:
         choices[event.row].add(event, tokenizer)
+        ticket.tokens = sum(c.prompt + c.completion for c in choices)
     if any(c.finish == "error" for c in choices):
         raise GENERATION_FAILED
     return {
@@ -365,7 +513,18 @@ async def _complete(
 
 
 async def _sse(
-    service: Service, body: ChatRequest, handle: EventStream, reply_id: str
+    service: Service, body: ChatRequest, handle: EventStream, reply_id: str, ticket: Ticket
+) -> AsyncIterator[str]:
+    try:
+        async for text in _sse_events(service, body, handle, reply_id, ticket):
+            yield text
+    except Exception:  # the answer has begun: say so in the stream, in OpenAI's shape
+        log.exception("streaming %s failed", reply_id)
+        yield _data({"error": GENERATION_FAILED.body()})
+
+
+async def _sse_events(
+    service: Service, body: ChatRequest, handle: EventStream, reply_id: str, ticket: Ticket
 ) -> AsyncIterator[str]:
     head = _head(service, reply_id, "chat.completion.chunk")
     tokenizer = service.model.tokenizer
@@ -375,6 +534,7 @@ async def _sse(
         yield _chunk(head, i, {"role": "assistant", "content": ""}, None)
     async for event in handle:  # leaving early (client gone) cancels the request
         prompt[event.row], completion[event.row] = event.prompt_tokens, event.completion_tokens
+        ticket.tokens = sum(prompt) + sum(completion)
         if event.finish_reason == "error":
             yield _data({"error": GENERATION_FAILED.body()})
             break
@@ -434,7 +594,16 @@ def _model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "steering"}
 
 
-def _preset_card(preset: Preset) -> dict[str, Any]:
+def _preset_card(service: Service, entry: PresetEntry) -> dict[str, Any]:
+    """A preset as ``/v1/presets`` shows it: its SAEs by the public references this server
+    offers them under (usable as they are in a request's ``steering``), never a server path."""
+    preset = entry.preset
+    saes = service.resolver.resolve(preset, base_dir=entry.base_dir)
+    dumped = preset.model_dump(mode="json")
+    for declared in dumped["saes"]:
+        public = service.public_ref(saes[declared["id"]])
+        if public is not None or is_server_path(declared["ref"]):
+            declared["ref"] = public or "(a local SAE of this server)"
     features = [
         {"label": e.label, "feature": e.feature, "mode": e.mode, "unit": e.unit, "value": e.value}
         for e in preset.edits
@@ -445,7 +614,7 @@ def _preset_card(preset: Preset) -> dict[str, Any]:
         "description": preset.description,
         "scale": preset.scale,
         "features": features,
-        "preset": preset.model_dump(mode="json"),
+        "preset": dumped,
     }
 
 

@@ -10,6 +10,7 @@ backend.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ..loop import EngineLoop
 from ..models import SteerableModel, short_name
 from ..plan import SteeringPlan
 from ..presets.library import PresetEntry, PresetRegistry
-from ..presets.saes import SAEResolver, declare_sae
+from ..presets.saes import SAEResolver, declare_sae, is_server_path
 from ..presets.schema import NamedPresets, Preset, PresetSAE
 from ..presets.to_plan import check_fits, compose, plan_from_request
 from ..requests import build_request
@@ -64,12 +65,20 @@ class Service:
 
     def add_sae(self, ref: str, sae: SAE) -> None:
         """An SAE network steerings may use, under ``ref`` (and its file path, so file presets
-        that point at the same folder share the loaded copy)."""
-        if all(known is not sae for known in self.saes.values()):
-            self.saes[ref] = sae
+        that point at the same folder share the loaded copy). A new SAE whose ``ref`` is a
+        server path is offered under its folder's name instead: visitors never see a path."""
+        public = self.public_ref(sae)
+        if public is None:
+            public = _unused_name(ref, self.saes) if is_server_path(ref) else ref
+            self.saes[public] = sae
+        self.resolver.register(public, sae)
         self.resolver.register(ref, sae)
         if sae.source and Path(sae.source).exists():
             self.resolver.register(str(Path(sae.source).resolve()), sae)
+
+    def public_ref(self, sae: SAE) -> str | None:
+        """The reference ``sae`` is offered under (what presets and the page show), if any."""
+        return next((ref for ref, known in self.saes.items() if known is sae), None)
 
     def _usable_presets(self, registry: PresetRegistry) -> dict[str, PresetEntry]:
         """The presets that fit the model, with their SAEs loaded and allowed for the network."""
@@ -158,10 +167,11 @@ class Service:
         *,
         compare: bool = False,
         baseline_messages: Sequence[Message] | None = None,
+        visitor: str = "",
     ) -> EventStream:
-        """Queue a reply (two with ``compare``: steered, baseline). The request is built on the
-        caller's thread: raises RequestError, ChatError, PlanError or Busy before anything
-        runs."""
+        """Queue a reply (two with ``compare``: steered, baseline) for ``visitor`` (see
+        ``Request.visitor``). The request is built on the caller's thread: raises
+        RequestError, ChatError, PlanError or Busy before anything runs."""
         request = build_request(
             self.model,
             messages,
@@ -171,6 +181,7 @@ class Service:
             compare=compare,
             baseline_messages=baseline_messages,
         )
+        request.visitor = visitor
         return self.backend.submit(request)
 
     def health(self) -> dict[str, Any]:
@@ -179,3 +190,13 @@ class Service:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _unused_name(path: str, taken: Mapping[str, SAE]) -> str:
+    """A public name for the SAE folder at ``path``: its last part, made unique."""
+    name = re.split(r"[\\/]", path.strip().rstrip("/\\"))[-1].lstrip(".~") or "sae"
+    unique, n = name, 1
+    while unique in taken:
+        n += 1
+        unique = f"{name}-{n}"
+    return unique

@@ -75,7 +75,7 @@ def check_messages(messages: Sequence[Message]) -> list[Message]:
         if not isinstance(content, str):
             raise ChatError(f"message {i}: content must be a string, got {type(content).__name__}")
         if role == "system" and i != 0:
-            raise ChatError(f"message {i}: a system message may only come first")
+            raise ChatError(f"message {i}: a system (or developer) message may only come first")
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "user":
         raise ChatError(f"the last message must be from the user, not {out[-1]['role']!r}")

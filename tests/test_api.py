@@ -186,6 +186,26 @@ def test_developer_is_the_system_role(client):
     assert reply("developer") == reply("system")
 
 
+def test_null_means_the_default_and_every_unknown_field_is_named(server, client):
+    body = {"model": "tiny-llama", "messages": PROMPT, "max_tokens": 2}
+    nulls = {k: None for k in ("temperature", "top_p", "n", "stream", "logprobs", "compare")}
+    answer = httpx.post(f"{server.url}/v1/chat/completions", json={**body, **nulls}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] <= 2
+    answer = httpx.post(
+        f"{server.url}/v1/chat/completions", json={**body, "frob": 1, "zork": 2}, timeout=30
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["message"].startswith("frob, zork")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="tiny-llama", messages=PROMPT, max_completion_tokens=500
+        )
+    assert caught.value.body["param"] == "max_completion_tokens"
+    reply = client.chat.completions.create(
+        model="tiny-llama:golden-gate-bridge", messages=PROMPT, max_tokens=2
+    )
+    assert reply.model == "tiny-llama:golden-gate-bridge"  # the id the client asked for
+
+
 def test_max_completion_tokens_and_max_tokens_zero(client):
     reply = client.chat.completions.create(
         model="tiny-llama",
@@ -206,7 +226,7 @@ def test_max_completion_tokens_and_max_tokens_zero(client):
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "unsupported"),
         ({"response_format": {"type": "json_object"}}, "response_format", "unsupported"),
-        ({"n": 2}, "n", "n"),
+        ({"n": 2}, "n", "unsupported"),
         ({"presence_penalty": 0.5}, "presence_penalty", "unsupported"),
         ({"frobnicate": 1}, "frobnicate", "unrecognized"),
         ({"temperature": "0"}, "temperature", "invalid_value"),
@@ -268,9 +288,16 @@ def test_a_preset_is_also_a_model_name(client):
     assert "tiny-llama:golden-gate-bridge" in caught.value.body["message"]
 
 
-def test_unknown_routes_and_the_openapi_document(server):
-    answer = httpx.get(f"{server.url}/v1/completions-of-sorts", timeout=10)
-    assert answer.status_code == 404 and answer.json()["error"]["code"] == "unknown_url"
+def test_unknown_routes_and_the_openapi_document(server, client):
+    for path in ("/v1/completions-of-sorts", "/v1"):
+        answer = httpx.get(f"{server.url}{path}", timeout=10)
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "unknown_url"
+    assert (
+        client.models.retrieve("tiny-llama:golden-gate-bridge").id
+        == "tiny-llama:golden-gate-bridge"
+    )
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("tiny-llama:nope")
     schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
     body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("/ChatRequest")

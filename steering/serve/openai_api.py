@@ -74,7 +74,13 @@ UNSUPPORTED = {
     "web_search_options": "web search",
     "reasoning_effort": "reasoning settings",
 }
-ROUTES = ("GET /v1/models", "GET /v1/presets", "POST /v1/chat/completions", "GET /openapi.json")
+ROUTES = (
+    "GET /v1/models",
+    "GET /v1/models/{id}",
+    "GET /v1/presets",
+    "POST /v1/chat/completions",
+    "GET /openapi.json",
+)
 JSON_KINDS = {
     list: "an array",
     str: "a string",
@@ -195,6 +201,15 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
         ids = [service.model_id, *(preset_model_id(service, s) for s in preset_slugs(service))]
         return {"object": "list", "data": [_model_card(model_id) for model_id in ids]}
 
+    @router.get("/v1/models/{model_id:path}")
+    def model(model_id: str, request: Request) -> Any:
+        visitors.identify(request)
+        ids = [service.model_id, *(preset_model_id(service, s) for s in preset_slugs(service))]
+        if model_id not in ids:
+            message = f"model {shown(model_id)} is not served here; use one of {ids}"
+            return ApiError(404, message, param="model", code="model_not_found").response()
+        return _model_card(model_id)
+
     @router.get("/v1/presets")
     def presets(request: Request) -> dict[str, Any]:
         visitors.identify(request)
@@ -224,11 +239,16 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
             ticket.release()
 
     @router.api_route(
+        "/v1",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        include_in_schema=False,
+    )
+    @router.api_route(
         "/v1/{path:path}",
         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         include_in_schema=False,
     )
-    def unknown(path: str, request: Request) -> JSONResponse:
+    def unknown(request: Request, path: str = "") -> JSONResponse:
         message = f"no route {request.method} /v1/{path[:100]}; this server answers " + ", ".join(
             ROUTES
         )
@@ -316,7 +336,8 @@ def _parse(data: Any) -> ChatRequest:
                 param=name,
                 code="unsupported_parameter",
             )
-    data = {k: v for k, v in data.items() if k not in UNSUPPORTED}
+    # null means "the default" for every field, as OpenAI's nullable fields do
+    data = {k: v for k, v in data.items() if k not in UNSUPPORTED and v is not None}
     try:
         body = ChatRequest.model_validate(data)
     except ValidationError as e:
@@ -326,7 +347,8 @@ def _parse(data: Any) -> ChatRequest:
             message = f"{name}: only 0 is implemented; use repetition_penalty"
             raise ApiError(400, message, param=name, code="unsupported_parameter")
     if body.n != 1:
-        raise ApiError(400, "n: must be 1; use compare for a second reply", param="n", code="n")
+        message = "n: only 1 is implemented; use compare for a second (unsteered) reply"
+        raise ApiError(400, message, param="n", code="unsupported_parameter")
     if body.top_logprobs is not None and not body.logprobs:
         message = "top_logprobs: needs logprobs set to true"
         raise ApiError(400, message, param="top_logprobs", code="invalid_value")
@@ -342,7 +364,10 @@ def _validation_error(error: ValidationError) -> ApiError:
         return ApiError(400, message, param="steering", code="invalid_steering")
     param = clip(".".join(loc)) or None  # field names may be a visitor's own keys
     if first["type"] == "extra_forbidden":
-        message = f"{param}: unrecognized request argument; see GET /openapi.json"
+        errors = error.errors(include_url=False)
+        unknown = [clip(".".join(map(str, e["loc"]))) for e in errors if e["type"] == first["type"]]
+        listed = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" * (len(unknown) > 10))
+        message = f"{listed}: unrecognized request argument; see GET /openapi.json"
         return ApiError(400, message, param=param, code="unrecognized_argument")
     return ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value")
 
@@ -400,7 +425,8 @@ def _submit(
         sampling = _sampling(body, service.limits.default_new_tokens)
         handle = service.submit(messages, plan, sampling, compare=body.compare, visitor=visitor)
     except Exception as e:
-        raise _as_api_error(e) from e
+        length = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        raise _as_api_error(e, {**PARAM_NAMES, "max_new_tokens": length}) from e
     return handle, plan, warnings
 
 
@@ -437,15 +463,16 @@ def _sampling(body: ChatRequest, default_tokens: int) -> SamplingParams:
     )
 
 
-def _as_api_error(error: Exception) -> ApiError:
-    """A library error as OpenAI's error shape, mapped by its class and ``param``."""
+def _as_api_error(error: Exception, names: dict[str, str] = PARAM_NAMES) -> ApiError:
+    """A library error as OpenAI's error shape, mapped by its class and ``param`` (``names``:
+    engine setting -> the request field the client sent)."""
     if isinstance(error, Busy):
         message = f"the server is busy: {error}"
         return ApiError(503, message, code="server_busy", headers=retry_after(1))
     if not isinstance(error, SteeringError):
         raise error
     engine_param = error.param or "steering"  # plan and preset errors come from the steering
-    param = PARAM_NAMES.get(engine_param, engine_param)
+    param = names.get(engine_param, engine_param)
     message = str(error)
     if message.startswith(engine_param):  # say it in the client's words
         message = param + message[len(engine_param) :]
@@ -497,7 +524,7 @@ async def _complete(
     if any(c.finish == "error" for c in choices):
         raise GENERATION_FAILED
     return {
-        **_head(service, reply_id, "chat.completion"),
+        **_head(service, body, reply_id, "chat.completion"),
         "choices": [
             {
                 "index": i,
@@ -526,7 +553,7 @@ async def _sse(
 async def _sse_events(
     service: Service, body: ChatRequest, handle: EventStream, reply_id: str, ticket: Ticket
 ) -> AsyncIterator[str]:
-    head = _head(service, reply_id, "chat.completion.chunk")
+    head = _head(service, body, reply_id, "chat.completion.chunk")
     tokenizer = service.model.tokenizer
     rows = len(handle.request.rows)
     prompt, completion = [0] * rows, [0] * rows
@@ -576,8 +603,10 @@ def _data(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-def _head(service: Service, reply_id: str, kind: str) -> dict[str, Any]:
-    return {"id": reply_id, "object": kind, "created": int(time.time()), "model": service.model_id}
+def _head(service: Service, body: ChatRequest, reply_id: str, kind: str) -> dict[str, Any]:
+    """The fields every answer starts with; ``model`` is the id the client asked for."""
+    model = service.model_id if body.model == "default" else body.model
+    return {"id": reply_id, "object": kind, "created": int(time.time()), "model": model}
 
 
 def _usage(prompt: Sequence[int], completion: Sequence[int]) -> dict[str, int]:

@@ -1,12 +1,16 @@
 """A bounded soak of the server over loopback: ``python -m steering.bench.soak``.
 
-Starts the server in this process on 127.0.0.1 (the demo model unless ``--model``), sends a
-fixed number of requests from a bounded number of concurrent clients, and stops by itself
-(``--requests``, ``--max-seconds``). The mix: plain replies, compares, streams dropped at a
-random point (while queued, after the first chunk, mid-reply), invalid steerings and invalid
-bodies. Then it checks that nothing leaked: steering hooks left on the model, rows left in the
-batch, requests left in the queue, threads against their idle count, resident memory at the end
-against after warm-up, and a reference greedy reply equal before and after.
+Starts the server in this process on 127.0.0.1 with the demo model, sends a fixed number of
+requests from a bounded number of concurrent clients, and stops by itself (``--requests``,
+``--max-seconds``). The requests come from many visitors (each request names one of
+``--visitors`` documentation-range addresses in ``X-Forwarded-For``, which the server trusts
+from 127.0.0.1 only), so the per-visitor limits and the fair queue are in play.
+
+The mix: plain replies, compares, streams dropped at a random point (while queued, after the
+first chunk, mid-reply), invalid steerings and invalid bodies. Then it checks that nothing
+leaked: steering hooks left on the model, rows left in the batch, requests left in the queue,
+threads against their idle count, resident memory at the end against after warm-up, and a
+reference greedy reply equal before and after.
 """
 
 from __future__ import annotations
@@ -119,17 +123,26 @@ def _body(model: str, rng: random.Random, preset: str | None) -> tuple[str, dict
     return kind, body
 
 
-async def _one(client: Any, url: str, kind: str, body: dict[str, Any], rng: random.Random) -> str:
+def visitor_address(i: int) -> str:
+    """A made-up visitor address from the documentation ranges (RFC 5737): never dialled."""
+    block = ("198.51.100", "203.0.113")[(i // 250) % 2]
+    return f"{block}.{1 + i % 250}"
+
+
+async def _one(
+    client: Any, url: str, kind: str, body: dict[str, Any], rng: random.Random, visitor: str
+) -> str:
     """Send one request; its outcome (a status code, or how a dropped stream ended)."""
     import httpx
 
     path = f"{url}/v1/chat/completions"
+    headers = {"X-Forwarded-For": visitor}
     try:
         if kind != "stream-drop":
-            answer = await client.post(path, json=body)
+            answer = await client.post(path, json=body, headers=headers)
             return str(answer.status_code)
         drop_after = rng.choice([0, 0, 1, 3, 8])  # 0: before the first chunk (often queued)
-        async with client.stream("POST", path, json=body) as answer:
+        async with client.stream("POST", path, json=body, headers=headers) as answer:
             if answer.status_code != 200 or drop_after == 0:
                 return f"{answer.status_code} dropped"
             seen = 0
@@ -142,7 +155,15 @@ async def _one(client: Any, url: str, kind: str, body: dict[str, Any], rng: rand
         return "timeout"
 
 
-async def _soak(url: str, model: str, preset: str | None, n: int, clients: int, seconds: float):
+async def _soak(
+    url: str,
+    model: str,
+    preset: str | None,
+    n: int,
+    clients: int,
+    seconds: float,
+    visitors: int,
+) -> Counter:
     import httpx
 
     rng = random.Random(0)
@@ -159,7 +180,8 @@ async def _soak(url: str, model: str, preset: str | None, n: int, clients: int, 
                     outcomes["not sent (time)"] += 1
                     return
                 kind, body = _body(model, random.Random(i), preset)
-                outcomes[f"{kind}: {await _one(client, url, kind, body, rng)}"] += 1
+                who = visitor_address(i % visitors)
+                outcomes[f"{kind}: {await _one(client, url, kind, body, rng, who)}"] += 1
 
         await asyncio.gather(*(task(i) for i in range(n)))
     return outcomes
@@ -175,16 +197,18 @@ def _reference(url: str, model: str) -> list[str]:
     return [c["message"]["content"] for c in answer.json()["choices"]]
 
 
-def run(service: Any, *, requests: int, clients: int, max_seconds: float) -> SoakReport:
+def run(
+    service: Any, *, requests: int, clients: int, max_seconds: float, visitors: int = 500
+) -> SoakReport:
     """Serve ``service`` on 127.0.0.1, soak it, and report (the service is closed after)."""
     import uvicorn
 
     from ..hooks import count_hooks
     from ..serve.app import create_app
+    from ..serve.visitors import Access
 
-    config = uvicorn.Config(
-        create_app(service, page=False), host="127.0.0.1", port=0, log_level="error"
-    )
+    app = create_app(service, page=False, access=Access(trusted_proxies=("127.0.0.1",)))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error", proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="soak-server", daemon=True)
     thread.start()
@@ -198,11 +222,12 @@ def run(service: Any, *, requests: int, clients: int, max_seconds: float) -> Soa
         model = service.model_id
         preset = next(iter(service.presets), None)
         before = _reference(url, model)
-        asyncio.run(_soak(url, model, preset, min(20, requests), clients, max_seconds))  # warm
+        warm = min(20, requests)
+        asyncio.run(_soak(url, model, preset, warm, clients, max_seconds, visitors))
         report.rss_warm_mb = rss_mb()
         report.threads_idle = threading.active_count()
         started = time.monotonic()
-        outcomes = asyncio.run(_soak(url, model, preset, requests, clients, max_seconds))
+        outcomes = asyncio.run(_soak(url, model, preset, requests, clients, max_seconds, visitors))
         report.seconds = time.monotonic() - started
         report.outcomes = outcomes
         report.server_errors = sum(v for k, v in outcomes.items() if ": 5" in k)
@@ -236,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests to send (1000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
     parser.add_argument("--max-seconds", type=float, default=600, help="stop sending after (600)")
+    parser.add_argument("--visitors", type=int, default=500, help="distinct visitors (500)")
     parser.add_argument("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
     from ..serve.app import ServeConfig, load_service
@@ -245,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         requests=args.requests,
         clients=args.clients,
         max_seconds=args.max_seconds,
+        visitors=args.visitors,
     )
     print(report.table())
     if args.json:

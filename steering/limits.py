@@ -46,6 +46,10 @@ class Limits:
     max_new_tokens: int = _limit(256, "most tokens one reply may have")
     default_new_tokens: int = _limit(128, "reply length when a request names none")
     max_prompt_tokens: int = _limit(2048, "most tokens a chat history may have")
+    max_message_chars: int = _limit(4000, "most characters in one chat message")
+    max_conversation_chars: int = _limit(
+        32_000, "most characters in one conversation (all its messages and replies)"
+    )
     max_stop_strings: int = _limit(8, "most stop strings in one request")
     max_stop_length: int = _limit(64, "most characters in one stop string")
     max_edits: int = _limit(16, "most feature edits in one request's steering")

@@ -77,10 +77,11 @@ class LiveServer:
         self.service.close()
 
 
-def start_server(service: Service, page: bool = True) -> LiveServer:
+def start_server(service: Service, page: bool = True, port: int | None = None) -> LiveServer:
+    """A fresh app over ``service`` on ``port`` (a free one by default)."""
     from steering.serve.app import create_app
 
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         create_app(service, page=page),
         host="127.0.0.1",

@@ -278,7 +278,6 @@ GARBAGE_LINKS = {
     "cut short": "abcde",
     "base64 of bytes": _b64(b"\xff\xfe\x00garbage"),
     "base64 of text": _b64(b"not json at all"),
-    "base64 of deep JSON": _b64(b"[" * 100),
     "long": "A" * 12_000,
 }
 RAW_WORDS = ["padding", "Invalid base64", "Expecting value", "codec", "line 1 column", "char 0"]
@@ -303,11 +302,19 @@ def test_a_share_code_longer_than_any_preset_is_refused_by_length(page, server):
     assert f"{most + 1:,} characters; a share link's code has at most {most:,}" in status
 
 
-def test_a_valid_preset_that_breaks_the_rules_says_which(page):
-    preset = {"format_version": 1, "name": "x", "model": {"id": "tiny-llama"}, "extra": 1}
+def test_a_preset_that_breaks_the_rules_says_which_within_bounds(page):
+    """A link's preset problems are listed, at most 8, in a code block its text cannot close."""
+    extra = {"a````b": 1, **{f"extra{i}": 1 for i in range(12)}}
+    preset = {"format_version": 1, "name": "x", "model": {"id": "tiny-llama"}, **extra}
     code = _b64(json.dumps(preset).encode())
     status = shown(final(page.run("load", ["", "", "", None], query=f"?steering={code}")))
-    assert "extra: unknown field" in status and status.count("```") == 2
+    lead, block = status.split("\n\n", 1)
+    fence = block.split("\n", 1)[0]
+    assert lead == "**The share link's steering cannot be used:**" and fence == "`" * 5
+    assert block.endswith("\n" + fence) and block.count(fence) == 2
+    listed = block.split("\n")[1:-1]
+    assert listed[:2] == ["saes: Field required", "edits: Field required"]
+    assert len(listed) == 9 and listed[-1] == "... and 9 more"  # 17 problems in all
 
 
 @pytest.mark.parametrize(

@@ -59,8 +59,10 @@ class Limits:
     # The API's bounds before any work: checked on the raw body, then on the parsed chat.
     max_body_bytes: int = _limit(1024 * 1024, "largest API request body in bytes (413 beyond)")
     max_messages: int = _limit(256, "most messages in one chat request")
-    max_message_chars: int = _limit(32_768, "most characters in one message")
-    max_total_chars: int = _limit(65_536, "most characters in all of a request's messages")
+    max_message_chars: int = _limit(16_384, "most characters in one chat message")
+    max_conversation_chars: int = _limit(
+        65_536, "most characters in one conversation (all its messages and replies)"
+    )
     max_request_threads: int = _limit(
         4, "API requests checked and tokenized at once (worker threads; the rest wait)"
     )

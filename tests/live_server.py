@@ -78,11 +78,14 @@ class LiveServer:
         self.service.close()
 
 
-def start_server(service: Service, page: bool = True, **options: Any) -> LiveServer:
-    """``service`` served on a free port; ``options`` go to ``create_app`` (e.g. ``access``)."""
+def start_server(
+    service: Service, page: bool = True, port: int | None = None, **options: Any
+) -> LiveServer:
+    """A fresh app over ``service`` on ``port`` (a free one by default); ``options`` go to
+    ``create_app`` (e.g. ``access``)."""
     from steering.serve.app import create_app
 
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         create_app(service, page=page, **options),
         host="127.0.0.1",

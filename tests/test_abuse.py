@@ -264,12 +264,12 @@ def test_a_huge_body_is_refused_before_it_is_read(server):
         (
             [{"role": "user", "content": "hello " * 6000}],
             "messages.0.content",
-            "36000 characters, at most 32768 (max_message_chars)",
+            "36000 characters, at most 16384 (max_message_chars)",
         ),
         (
-            [{"role": "user", "content": "hello " * 5000}] * 3,
+            [{"role": "user", "content": "hello " * 2500}] * 5,
             "messages",
-            "90000 characters in all, at most 65536 (max_total_chars)",
+            "75000 characters in all, at most 65536 (max_conversation_chars)",
         ),
     ],
 )

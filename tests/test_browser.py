@@ -107,6 +107,11 @@ def send_and_wait(page, server, message: str) -> tuple[str, str]:
     """Send a message and wait until both panes have their full reply."""
     page.locator("#msg textarea").fill(message)
     page.locator("#send").click()
+    return wait_for_replies(page, server)
+
+
+def wait_for_replies(page, server) -> tuple[str, str]:
+    """Until both panes have a full reply and the engine is idle."""
     deadline, stable_since, last = time.monotonic() + 30, None, None
     while time.monotonic() < deadline:
         now = replies(page)
@@ -150,6 +155,12 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     # Steered at 10x: the two panes differ.
     steered, baseline = send_and_wait(page, server, "hello how are you")
     assert steered and baseline and steered != baseline
+
+    # Regenerate replaces the last exchange (greedy: with the same replies).
+    page.locator("#regenerate").click()
+    page.wait_for_timeout(300)
+    assert wait_for_replies(page, server) == (steered, baseline)
+    assert page.locator("#steered .message.user").count() == 1
 
     # Slider at 0: the next reply of both panes is the same.
     page.locator("#clear").click()
@@ -227,3 +238,61 @@ def test_a_phone_sized_page_stacks_the_panes(server, browser):
     assert baseline["y"] >= steered["y"] + steered["height"] - 1  # one above the other
     assert steered["width"] <= 390
     page.context.close()
+
+
+def stop_serving(live) -> None:
+    """Stop the web server (the model and its engine keep running, as across a restart)."""
+    live.server.should_exit = True
+    live.thread.join(timeout=10)
+
+
+def serve_again(live):
+    """A new server (a new page app: no sessions) on the same port over the same model."""
+    return start_server(live.service, port=int(live.url.rsplit(":", 1)[1]))
+
+
+@pytest.mark.parametrize("when", ["while it is down", "once it is back", "while it replies"])
+def test_a_message_sent_across_a_restart_is_kept_and_explained(browser, tmp_path, when):
+    """A restart forgets every session. The visitor's next message is never lost silently:
+    the page comes back with the message still in the box, the steering kept, and a notice
+    that says what happened; sending it then gets its reply."""
+    from playwright.sync_api import expect
+
+    live = start_server(tiny_service(tmp_path))
+    try:
+        page = open_page(browser, live.url)
+        set_number(page, "feature-0", 6)
+        wait_status(page, "1 active feature.", "active")
+        send_and_wait(page, live, "hello how are you")
+
+        slow = SlowSteps(live.service.backend.engine)
+        if when == "while it replies":
+            slow.delay = 0.3
+            page.locator("#msg textarea").fill("tell me about the bridge")
+            page.locator("#send").click()
+            wait_for_tokens(live, 2)
+        stop_serving(live)
+        slow.delay = 0.0
+        if when == "once it is back":
+            live = serve_again(live)
+        if when != "while it replies":
+            page.locator("#msg textarea").fill("tell me about the bridge")
+            page.locator("#send").click()
+        if when != "once it is back":
+            page.wait_for_timeout(1000)
+            live = serve_again(live)
+
+        expect(page.locator("#notice")).to_contain_text("The server restarted", timeout=30_000)
+        expect(page.locator("#notice")).to_contain_text("Your message is back in the box")
+        assert page.locator("#msg textarea").input_value() == "tell me about the bridge"
+        page.wait_for_function(
+            "document.querySelector('#feature-0 input[type=number]')?.value == '6'"
+        )
+        steered, baseline = send_and_wait(page, live, "tell me about the bridge")
+        assert steered and baseline
+        assert page.locator("#steered .message.user").last.inner_text() == (
+            "tell me about the bridge"
+        )
+        page.context.close()
+    finally:
+        live.stop()

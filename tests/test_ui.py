@@ -13,9 +13,15 @@ from gradio_client import Client
 from live_server import FEATURE, PRESET_NAME, start_server, tiny_service
 
 from steering.errors import PresetError
-from steering.serve import Preset, SamplingParams
+from steering.serve import Preset, SamplingParams, flatten_content
+from ui.conversation import without_last_exchange
 from ui.features import decode_share, encode_share, preset_from_rows, rows_from_network
-from ui.handlers import BUSY, Handlers, plain
+from ui.handlers import BUSY, Handlers
+
+
+def text(chat: list[dict]) -> list[str]:
+    """The text of each message Gradio sends back (content as a list of blocks)."""
+    return [flatten_content(m["content"]) for m in chat]
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +38,17 @@ def handlers(server):
 
 def test_gradio_client_gets_both_replies(server):
     client = Client(f"{server.url}/", verbose=False)
-    _, steered, baseline = client.predict(
-        "hello how are you", [], [], 0, 1.0, 8, 0, api_name="/respond"
+    box, steered, baseline, notice = client.predict(
+        "hello how are you", 0, 1.0, 8, 0, api_name="/respond"
     )
+    assert box == "" and notice == ""
     assert [m["role"] for m in steered] == ["user", "assistant"]
-    steered_text, baseline_text = (plain(chat)[-1]["content"] for chat in (steered, baseline))
+    steered_text, baseline_text = text(steered)[-1], text(baseline)[-1]
     assert steered_text and baseline_text and steered_text != baseline_text  # the default preset
 
-    job = client.submit("hello how are you", [], [], 0, 1.0, 8, 0, api_name="/respond")
+    job = client.submit("hello how are you", 0, 1.0, 8, 0, api_name="/respond")
     updates = list(job)
-    assert plain(job.outputs()[-1][1])[-1]["content"] == steered_text
+    assert text(job.outputs()[-1][1])[-1] == steered_text
     assert len(updates) >= 2  # the user turn first, then the streamed replies
 
 
@@ -68,7 +75,7 @@ def test_a_zero_or_switched_off_slider_steers_nothing(handlers):
     assert handlers.service.plan(handlers.preset([zero]))[0].is_empty
 
 
-def test_bad_share_links_and_uploads_say_why(handlers, tmp_path):
+def test_bad_share_links_and_uploads_say_why(handlers):
     with pytest.raises(PresetError, match="not valid JSON"):
         rows_from_network(handlers.service, decode_share("bm90IGpzb24"))
     preset = preset_from_rows(handlers.service, handlers.preset_rows(PRESET_NAME))
@@ -76,10 +83,38 @@ def test_bad_share_links_and_uploads_say_why(handlers, tmp_path):
     preset["saes"][0]["ref"] = "/home/someone/private-sae"
     with pytest.raises(PresetError, match="a local path"):
         rows_from_network(handlers.service, json.dumps(preset))
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"format_version": 1, "name": "x", "extra": 1}')
-    rows, _, message = handlers.upload(str(bad), {"rev": 0}, ["unchanged"])
+    bad = '{"format_version": 1, "name": "x", "extra": 1}'
+    rows, _, message = handlers.upload("bad.json", len(bad), bad, {"rev": 0}, ["unchanged"])
     assert rows == ["unchanged"] and "cannot be used" in message and "extra" in message
+
+
+def test_uploads_are_json_presets_within_the_limit(handlers):
+    """The browser sends the file's name, size and text; the server checks all three before
+    parsing, and a closed file chooser changes nothing."""
+    most = handlers.service.limits.max_upload_bytes
+    layout, rows = {"rev": 0}, ["unchanged"]
+    assert handlers.upload("", 0, "", layout, rows) == (gr.skip(), gr.skip(), gr.skip())
+    _, _, message = handlers.upload("preset.txt", 2, "{}", layout, rows)
+    assert message == "**That preset file cannot be used:** pick a `.json` preset file."
+    _, _, message = handlers.upload("big.json", most + 5, "", layout, rows)
+    assert f"it has {most + 5:,} bytes; a preset file has at most {most:,}" in message
+    _, _, message = handlers.upload("big.json", 10, "é" * (most // 2 + 1), layout, rows)
+    assert f"it has {2 * (most // 2 + 1):,} bytes" in message
+    kept, _, message = handlers.upload("junk.json", 3, "\x00{[", layout, rows)
+    assert kept == rows and message.endswith(
+        "it is not a JSON preset file (it does not read as JSON)."
+    )
+
+
+def test_a_raw_client_cannot_break_the_steering(handlers):
+    rows = handlers.preset_rows(PRESET_NAME)
+    for key, value in [("value", float("nan")), ("value", "7"), ("value", True), ("on", "no")]:
+        assert handlers.set_value(rows, 0, key, value) == rows
+    assert handlers.set_value(rows, 0, "value", 3)[0].value == 3
+    _, _, message = handlers.pick_preset("no such preset", {"rev": 0})
+    assert message == "There is no such preset: pick one from the list."
+    with pytest.raises(gr.Error, match="finite numbers"):
+        list(handlers.respond("hi", None, rows, "hot", 1.0, 4, 0, None))
 
 
 def test_add_by_label_or_index_and_remove(handlers):
@@ -100,21 +135,23 @@ def test_a_full_queue_gets_a_friendly_busy_message(handlers):
     backend.max_waiting, saved = 0, backend.max_waiting
     try:
         with pytest.raises(gr.Error, match="busy"):
-            list(handlers.respond("hi", [], [], [], 0, 1, 4, 0, None))
+            list(handlers.respond("hi", None, [], 0, 1, 4, 0, None))
     finally:
         backend.max_waiting = saved
     assert "try again" in BUSY
 
 
-def test_regenerate_drops_the_last_exchange(handlers):
-    chat = [
-        {"role": "user", "content": [{"type": "text", "text": "one"}]},
+def test_regenerate_drops_the_last_exchange():
+    steered = [
+        {"role": "user", "content": "one"},
         {"role": "assistant", "content": "a"},
         {"role": "user", "content": "two"},
         {"role": "assistant", "content": "b"},
     ]
-    message, steered, baseline = handlers.undo_last(chat, chat)
-    assert message == "two" and steered == baseline == plain(chat)[:2]
+    baseline = [*steered[:3], {"role": "assistant", "content": "c"}]
+    message, before = without_last_exchange({"steered": steered, "baseline": baseline})
+    assert message == "two" and before == {"steered": steered[:2], "baseline": baseline[:2]}
+    assert without_last_exchange({"steered": [], "baseline": []})[0] == ""
 
 
 def test_the_service_warnings_reach_the_visitor(handlers, monkeypatch):

@@ -2,7 +2,10 @@
 
 The steering lives in two states: ``rows`` (the truth: every slider move writes there) and
 ``layout`` (the rows at the last structural change, with a revision number). Only ``layout``
-re-renders the sliders, so moving a slider never rebuilds them.
+re-renders the sliders, so moving a slider never rebuilds them. The conversation lives in a
+third (``ui.conversation``): the chat panes are outputs only, so the server never reads a
+history a client sends. Every event input is text, a number or a choice; a preset file is read
+by the browser and sent as text, so nothing a visitor sends is ever stored as a file.
 """
 
 from __future__ import annotations
@@ -13,8 +16,23 @@ import gradio as gr
 
 from steering.serve import Service
 
+from . import conversation
 from .features import FeatureRow, slider_range
 from .handlers import NO_PRESET, Handlers
+from .scripts import (
+    ANSWERED_JS,
+    DOWNLOAD_JS,
+    FAILED_JS,
+    HEAD,
+    REGENERATE_JS,
+    RESUME_JS,
+    SEND_JS,
+    SHARE_JS,
+    TRACK_CODE_JS,
+    UPLOAD_JS,
+)
+
+__all__ = ["CSS", "HEAD", "THEME", "build_page"]
 
 THEME = gr.themes.Soft()
 CSS = """
@@ -36,56 +54,57 @@ EXAMPLES = [
     "Describe yourself in three sentences.",
     "Write a short poem about the sea.",
 ]
-DOWNLOAD_JS = """(text) => {
-  if (!text) return;
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([text], {type: "application/json"}));
-  link.download = "steering-preset.json";
-  link.click();
-  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-}"""
-SHARE_JS = """(code) => {
-  const url = new URL(window.location.href);
-  url.search = "";
-  if (code) url.searchParams.set("steering", code);
-  return url.toString();
-}"""
 
 
 def build_page(service: Service) -> gr.Blocks:
     """The page over ``service``: both chats, the steering column and the sampling controls."""
     h = Handlers(service)
     first_rows = h.preset_rows(h.default_preset())
+    # The page writes no files; delete_cache still removes, hourly and at exit, any file
+    # Gradio itself ever puts in its cache.
     with gr.Blocks(title="Steering: feature steering with SAEs", delete_cache=(3600, 3600)) as page:
         rows = gr.State(first_rows)
         layout = gr.State({"rev": 0, "rows": first_rows})
+        chats = gr.State(conversation.empty())
         gr.Markdown(f"# Steering · `{service.model_id}`\n{EXPLANATION}")
         with gr.Row(elem_id="main"):
             with gr.Column(scale=3):
-                chat = _chat_column()
+                chat = _chat_column(service)
             with gr.Column(scale=2, min_width=280):
                 controls = _steering_column(h, service, rows, layout)
                 sampling = _sampling_controls(service)
-        _wire(page, h, rows, layout, chat, controls, sampling)
+        _wire(page, h, rows, layout, chats, chat, controls, sampling)
     return page
 
 
-def _chat_column() -> dict[str, Any]:
+def _chat_column(service: Service) -> dict[str, Any]:
     with gr.Row(elem_id="panes", equal_height=True):
         steered = _chatbot("Steered", "steered")
         baseline = _chatbot("Baseline", "baseline")
     with gr.Row():
         msg = gr.Textbox(
-            show_label=False, placeholder="Say something…", elem_id="msg", scale=5, max_length=4000
+            show_label=False,
+            placeholder="Say something…",
+            elem_id="msg",
+            scale=5,
+            max_length=service.limits.max_message_chars,
         )
         send = gr.Button("Send", variant="primary", elem_id="send", scale=1, min_width=80)
+    notice = gr.Markdown("", elem_id="notice")
     with gr.Row():
         stop = gr.Button("Stop", elem_id="stop", variant="stop", size="sm")
         regen = gr.Button("Regenerate", elem_id="regenerate", size="sm")
         clear = gr.Button("Clear", elem_id="clear", size="sm")
     gr.Examples(EXAMPLES, inputs=msg, label="Try")
     return dict(
-        steered=steered, baseline=baseline, msg=msg, send=send, stop=stop, regen=regen, clear=clear
+        steered=steered,
+        baseline=baseline,
+        msg=msg,
+        notice=notice,
+        send=send,
+        stop=stop,
+        regen=regen,
+        clear=clear,
     )
 
 
@@ -118,9 +137,19 @@ def _steering_column(
     status = gr.Markdown("", elem_id="status")
     with gr.Row():
         download = gr.Button("Download preset", elem_id="download", size="sm")
-        upload = gr.UploadButton("Upload preset", file_types=[".json"], elem_id="upload", size="sm")
+        upload = gr.Button("Upload preset", elem_id="upload", size="sm")
         share = gr.Button("Share link", elem_id="share", size="sm")
+    upload_file = [  # what the browser read: name, size in bytes, text
+        gr.Textbox(visible=False, elem_id="upload_name"),
+        gr.Number(visible=False, elem_id="upload_size"),
+        gr.Textbox(visible=False, elem_id="upload_text"),
+    ]
     share_code = gr.Textbox(visible=False, elem_id="share_code")
+    resume = [  # what the page kept before a reload: share code, message, "restarted"/"reloaded"
+        gr.Textbox(visible=False, elem_id="resume_code"),
+        gr.Textbox(visible=False, elem_id="resume_draft"),
+        gr.Textbox(visible=False, elem_id="resume_kind"),
+    ]
     preset_text = gr.Textbox(visible=False, elem_id="preset_text")
     link = gr.Textbox(label="Share link", elem_id="share_link", buttons=["copy"], max_lines=2)
     return dict(
@@ -131,8 +160,10 @@ def _steering_column(
         active=active,
         download=download,
         upload=upload,
+        upload_file=upload_file,
         share=share,
         share_code=share_code,
+        resume=resume,
         preset_text=preset_text,
         link=link,
     )
@@ -203,27 +234,36 @@ def _render_sliders(h: Handlers, service: Service, rows: gr.State, layout: gr.St
             remove.click(lambda r, lay, i=i: h.remove(r, lay, i), [rows, layout], [rows, layout])
 
 
-def _wire(page, h: Handlers, rows, layout, chat: dict, c: dict, sampling: list) -> None:
+def _wire(page, h: Handlers, rows, layout, chats, chat: dict, c: dict, sampling: list) -> None:
     steering_out = [rows, layout, c["status"]]
     c["preset"].input(h.pick_preset, [c["preset"], layout], steering_out)
     c["add"].click(h.add, [c["search"], rows, layout], steering_out)
-    c["upload"].upload(h.upload, [c["upload"], layout, rows], steering_out)
+    upload_js = UPLOAD_JS % {"limit": h.service.limits.max_upload_bytes}
+    c["upload"].click(h.upload, [*c["upload_file"], layout, rows], steering_out, js=upload_js)
     exports = [c["preset_text"], c["share_code"], c["active"]]
     rows.change(h.exports, rows, exports, api_visibility="private")
+    c["share_code"].change(None, c["share_code"], None, js=TRACK_CODE_JS)
     c["share"].click(None, c["share_code"], c["link"], js=SHARE_JS)
     c["download"].click(None, c["preset_text"], None, js=DOWNLOAD_JS)
-    page.load(h.load, [layout], [rows, layout, c["preset"], c["status"]])
+    resumed = [*steering_out, c["preset"], chat["msg"], chat["notice"]]
+    page.load(h.load, [*c["resume"], layout], resumed, js=RESUME_JS)
     page.load(h.exports, rows, exports)
 
-    inputs = [chat["msg"], chat["steered"], chat["baseline"], rows, *sampling]
-    outputs = [chat["msg"], chat["steered"], chat["baseline"]]
+    inputs = [chat["msg"], chats, rows, *sampling]
+    outputs = [chat["msg"], chats, chat["steered"], chat["baseline"], chat["notice"]]
     common: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": None}
-    sent = chat["send"].click(h.respond, inputs, outputs, api_name="respond", **common)
-    submitted = chat["msg"].submit(h.respond, inputs, outputs, api_visibility="private", **common)
-    undo = chat["regen"].click(h.undo_last, outputs[1:], outputs, api_visibility="private")
-    regenerated = undo.then(h.respond, inputs, outputs, api_visibility="private", **common)
-    running = [sent, submitted, regenerated]
-    chat["stop"].click(h.stop, None, None, cancels=running, api_visibility="private")
-    chat["clear"].click(
-        lambda: ("", [], []), None, outputs, cancels=running, api_visibility="private"
+    sent = chat["send"].click(h.respond, inputs, outputs, api_name="respond", js=SEND_JS, **common)
+    submitted = chat["msg"].submit(
+        h.respond, inputs, outputs, api_visibility="private", js=SEND_JS, **common
     )
+    regenerated = chat["regen"].click(
+        h.regenerate, inputs[1:], outputs[1:], api_visibility="private", js=REGENERATE_JS, **common
+    )
+    running = [sent, submitted, regenerated]
+    for event in running:
+        event.success(None, None, None, js=ANSWERED_JS)
+        event.failure(None, None, None, js=FAILED_JS)
+    chat["stop"].click(h.stop, None, None, cancels=running, api_visibility="private")
+    chat["clear"].click(h.clear, None, outputs, cancels=running, api_visibility="private")
+    for button in (chat["stop"], chat["clear"]):
+        button.click(None, None, None, js=ANSWERED_JS)

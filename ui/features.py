@@ -14,11 +14,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 
-from steering.serve import FORMAT_VERSION, Preset, PresetEdit, Service, parse_preset
+from steering.serve import (
+    FORMAT_VERSION,
+    Limits,
+    Preset,
+    PresetEdit,
+    PresetError,
+    Service,
+    parse_preset,
+)
 
 SHARE_PARAM = "steering"
+SHARE_CODE = re.compile(r"[A-Za-z0-9_-]*={0,2}")  # base64url, as encode_share writes it
+SHOWN_PROBLEMS = 8  # a preset's problems shown to the visitor, each cut to SHOWN_CHARS
+SHOWN_CHARS = 200
 LABELS_SOURCE = "the SAE's own labels, as shown on the steering page"
 
 
@@ -128,13 +140,53 @@ def encode_share(preset: Preset | None) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def decode_share(code: str) -> bytes:
-    """The preset JSON bytes of a share code; the preset parser checks size and content."""
+def decode_share(code: str, limits: Limits = Limits()) -> bytes:
+    """The preset JSON bytes of a share code; the preset parser checks size and content.
+
+    Raises ``ValueError`` with a message for the visitor (never the decoder's own words) when
+    the code is too long for a preset of ``limits.max_upload_bytes`` or not base64url."""
     code = code.strip()
+    most = share_code_chars(limits)
+    if len(code) > most:
+        raise ValueError(
+            f"its steering code has {len(code):,} characters; a share link's code has at "
+            f"most {most:,}"
+        )
+    damaged = ValueError(
+        f"its steering code is damaged (the link's {SHARE_PARAM}=... part was cut short or "
+        "changed); copy the whole link again"
+    )
+    if not SHARE_CODE.fullmatch(code):
+        raise damaged
     try:
-        return base64.urlsafe_b64decode(code + "=" * (-len(code) % 4))
-    except (ValueError, binascii.Error) as e:
-        raise ValueError(f"the share link's {SHARE_PARAM} parameter is not base64url: {e}") from e
+        return base64.urlsafe_b64decode(code.rstrip("=") + "=" * (-len(code.rstrip("=")) % 4))
+    except (ValueError, binascii.Error):
+        raise damaged from None
+
+
+def share_code_chars(limits: Limits) -> int:
+    """The longest share code: base64 of the largest preset this server takes."""
+    return 4 * -(-limits.max_upload_bytes // 3)
+
+
+def problems_text(error: PresetError, unreadable: str) -> str:
+    """A preset's problems as Markdown to follow a sentence that says it cannot be used:
+    `` unreadable`` when the text is not a JSON preset at all (the decoder's words mean
+    nothing to a visitor), else a bounded list in a code block."""
+    problems = list(error.problems)
+    if all(p.startswith("(file):") for p in problems):  # the field "(file)": the whole text
+        return " " + unreadable
+    shown = [p if len(p) <= SHOWN_CHARS else p[: SHOWN_CHARS - 1] + "…" for p in problems]
+    if len(problems) > SHOWN_PROBLEMS:
+        shown = shown[:SHOWN_PROBLEMS] + [f"... and {len(problems) - SHOWN_PROBLEMS} more"]
+    return quoted("\n".join(shown))
+
+
+def quoted(text: str) -> str:
+    """``text`` as a Markdown code block on its own lines, that nothing in it can close."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"\n\n{fence}\n{text}\n{fence}"
 
 
 def slider_range(row: FeatureRow, service: Service) -> float:

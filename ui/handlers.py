@@ -4,10 +4,10 @@ without a browser; ``ui.app`` wires them to components."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,19 +16,23 @@ from steering.serve import (
     Busy,
     EventStream,
     Preset,
+    PresetError,
     SamplingParams,
     Service,
     SteeringError,
     dump_preset,
-    flatten_content,
 )
 
+from .conversation import Chat, Conversation, copy, empty, message_problem, without_last_exchange
 from .features import (
+    SHARE_PARAM,
     FeatureRow,
     decode_share,
     encode_share,
     new_row,
     preset_from_rows,
+    problems_text,
+    quoted,
     rows_from_network,
     rows_from_preset,
 )
@@ -37,7 +41,15 @@ NO_PRESET = "(none)"
 STREAM_EVERY_S = 0.05  # browsers need no more than ~20 updates a second
 FAILED = " *(this reply could not be finished; please try again)*"
 BUSY = "The demo is busy right now: too many people are chatting. Please try again in a moment."
-Chat = list[dict[str, Any]]
+UNUSABLE_FILE = "**That preset file cannot be used:**"
+UNUSABLE_LINK = "**The share link's steering cannot be used:**"
+RESUMED = {
+    "restarted": "**The server restarted**, so this conversation was reset (a restart forgets "
+    "every conversation).",
+    "reloaded": "The page was reloaded, so the conversation starts again.",
+}
+STEERING_KEPT = " Your steering was kept."
+DRAFT_KEPT = " Your message is back in the box: press **Send** to send it."
 
 
 Rows = list[FeatureRow]
@@ -63,12 +75,20 @@ class Handlers:
             return []
         return rows_from_preset(self.service.preset(name).preset)
 
-    def pick_preset(self, name: str, layout: dict) -> tuple[Rows, dict, str]:
-        rows = self.preset_rows(name)
+    def pick_preset(self, name: str, layout: dict) -> tuple:
+        try:
+            rows = self.preset_rows(name)
+        except SteeringError:  # only a raw client names a preset the list does not offer
+            return gr.skip(), gr.skip(), "There is no such preset: pick one from the list."
         return rows, relayout(layout, rows), f"Preset **{name}** loaded."
 
     def set_value(self, rows: Rows, index: int, key: str, value: Any) -> Rows:
-        if index >= len(rows):
+        """A slider's strength (a finite number) or a switch (a bool); anything else a client
+        sends leaves the steering as it is."""
+        wanted = bool if key == "on" else (int, float)
+        if index >= len(rows) or not isinstance(value, wanted):
+            return rows
+        if key == "value" and (isinstance(value, bool) or not math.isfinite(value)):
             return rows
         return [
             dataclasses.replace(row, **{key: value}) if i == index else row
@@ -122,61 +142,147 @@ class Handlers:
             return "", "", summary + " Replies are unsteered."
         return dump_preset(preset), encode_share(preset), summary
 
-    def upload(self, path: str | None, layout: dict, rows: Rows) -> tuple:
-        """Rows from an uploaded preset file, read once within the upload limit."""
-        if not path:
-            return rows, layout, "No file received."
+    def upload(self, name: Any, size: Any, text: Any, layout: dict, rows: Rows) -> tuple:
+        """Rows from a preset file the browser read (its name, size in bytes and text): the
+        file never reaches the server's disk, and its text is parsed once."""
+        if not name and not text:  # the visitor closed the file chooser
+            return gr.skip(), gr.skip(), gr.skip()
+        most = self.service.limits.max_upload_bytes
+        if not isinstance(name, str) or not name.lower().endswith(".json"):
+            return rows, layout, f"{UNUSABLE_FILE} pick a `.json` preset file."
+        declared = size if isinstance(size, (int, float)) and math.isfinite(size) else 0
+        text = text if isinstance(text, str) else ""
+        # A UTF-8 character has at most 4 bytes: far longer text is not even encoded.
+        size = len(text.encode("utf-8", "replace")) if len(text) <= 4 * most else len(text)
+        if max(declared, size) > most:
+            got = int(max(declared, size))
+            problem = (
+                f"it has {got:,} bytes; a preset file has at most {most:,} (max_upload_bytes)."
+            )
+            return rows, layout, f"{UNUSABLE_FILE} {problem}"
         try:
-            with Path(path).open("rb") as f:
-                data = f.read(self.service.limits.max_upload_bytes + 1)
-            new = rows_from_network(self.service, data)
-        except (SteeringError, OSError) as e:
-            return rows, layout, f"**That preset file cannot be used:**\n\n```\n{e}\n```"
-        return new, relayout(layout, new), f"Preset file loaded: {len(new)} features."
+            new = rows_from_network(self.service, text)
+        except PresetError as e:
+            problem = problems_text(e, "it is not a JSON preset file (it does not read as JSON).")
+        except SteeringError as e:
+            problem = quoted(str(e))
+        else:
+            return new, relayout(layout, new), f"Preset file loaded: {len(new)} features."
+        return rows, layout, UNUSABLE_FILE + problem
 
-    def load(self, layout: dict, request: gr.Request) -> tuple:
-        """A share link's steering (``?steering=...``), else the default preset."""
-        code = dict(request.query_params).get("steering") if request else None
+    def load(self, code: Any, draft: Any, kind: Any, layout: dict, request: gr.Request) -> tuple:
+        """The page's steering when it loads, and what to tell the visitor. After a reload
+        (``kind`` "reloaded" or "restarted") the page hands back what it kept: the steering's
+        share ``code`` and the unsent message ``draft``. Otherwise a share link's steering
+        (``?steering=...``) if there is one, else the default preset; any other query is
+        ignored. Returns (rows, layout, status, preset, message box, notice)."""
+        skip = gr.skip()
+        if kind in RESUMED:
+            draft = draft if isinstance(draft, str) and len(draft) <= self.max_chars else ""
+            code = code if isinstance(code, str) else ""
+            rows, problem = self.shared_rows(code) if code else ([], None)
+            kept = DRAFT_KEPT if draft else ""
+            if rows is None:
+                return skip, skip, problem, skip, draft or skip, RESUMED[kind] + kept
+            status = f"Steering kept: {len(rows)} features."
+            notice = RESUMED[kind] + STEERING_KEPT + kept
+            return rows, relayout(layout, rows), status, NO_PRESET, draft or skip, notice
+        params = request.query_params if request is not None else {}
+        code = params.get(SHARE_PARAM) if hasattr(params, "get") else None
         if not code:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        try:
-            rows = rows_from_network(self.service, decode_share(code))
-        except (SteeringError, ValueError) as e:
-            message = f"**The share link's steering cannot be used:**\n\n```\n{e}\n```"
-            return gr.skip(), gr.skip(), gr.skip(), message
+            return skip, skip, skip, skip, skip, skip
+        rows, problem = self.shared_rows(code)
+        if rows is None:
+            return skip, skip, problem, skip, skip, skip
         note = f"Steering from the share link: {len(rows)} features."
-        return rows, relayout(layout, rows), NO_PRESET, note
+        return rows, relayout(layout, rows), note, NO_PRESET, skip, skip
+
+    def shared_rows(self, code: str) -> tuple[Rows | None, str | None]:
+        """The rows of a share code, or None and what to tell the visitor."""
+        try:
+            return rows_from_network(self.service, decode_share(code, self.service.limits)), None
+        except ValueError as e:  # the code itself: too long, not base64url
+            problem = f" {e}."
+        except PresetError as e:
+            problem = problems_text(e, "it does not hold a steering made by this page.")
+        except SteeringError as e:
+            problem = quoted(str(e))
+        return None, UNUSABLE_LINK + problem
+
+    @property
+    def max_chars(self) -> int:
+        return self.service.limits.max_message_chars
 
     # ---- chatting ----
 
     def respond(
         self,
-        message: str,
-        steered: Chat,
-        baseline: Chat,
+        message: Any,
+        conversation: Conversation,
         rows: Rows,
-        temperature: float,
-        top_p: float,
-        max_tokens: float,
-        seed: float | None,
+        temperature: Any,
+        top_p: Any,
+        max_tokens: Any,
+        seed: Any,
         request: gr.Request,
-    ) -> Iterator[tuple[str, Chat, Chat]]:
-        """One A/B generation; both panes stream from the same compare request."""
-        if not message or not message.strip():
+    ) -> Iterator[tuple]:
+        """Send the visitor's message: one A/B generation, both panes streaming from the same
+        compare request. Yields (message box, conversation, steered pane, baseline pane,
+        notice). The message's size is checked before anything else is done with it."""
+        if not isinstance(message, str) or not message.strip():
             return
-        steered, baseline = plain(steered), plain(baseline)
+        problem = message_problem(message, conversation or empty(), self.service.limits)
+        if problem:
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), problem
+            return
+        sampling = sampling_params(temperature, top_p, max_tokens, seed)
+        for update in self.reply(message, conversation, rows, sampling, session(request)):
+            yield "", *update
+
+    def regenerate(
+        self,
+        conversation: Conversation,
+        rows: Rows,
+        temperature: Any,
+        top_p: Any,
+        max_tokens: Any,
+        seed: Any,
+        request: gr.Request,
+    ) -> Iterator[tuple]:
+        """Drop the last exchange and answer its message again. Yields (conversation, steered
+        pane, baseline pane, notice): the message box keeps whatever the visitor is typing."""
+        message, before = without_last_exchange(conversation)
+        if not message:
+            return
+        problem = message_problem(message, before, self.service.limits)
+        if problem:
+            yield gr.skip(), gr.skip(), gr.skip(), problem
+            return
+        sampling = sampling_params(temperature, top_p, max_tokens, seed)
+        yield from self.reply(message, before, rows, sampling, session(request))
+
+    def clear(self) -> tuple[str, Conversation, Chat, Chat, str]:
+        """An empty message box, conversation, panes and notice."""
+        return "", empty(), [], [], ""
+
+    def reply(
+        self,
+        message: str,
+        conversation: Conversation,
+        rows: Rows,
+        sampling: SamplingParams,
+        key: str,
+    ) -> Iterator[tuple[Conversation, Chat, Chat, str]]:
+        """Stream the reply to ``message`` after ``conversation`` into a copy of it."""
+        conversation = copy(conversation)
+        steered, baseline = conversation["steered"], conversation["baseline"]
         user = {"role": "user", "content": message}
-        sampling = SamplingParams(
-            temperature=float(temperature),
-            top_p=float(top_p),
-            max_new_tokens=int(max_tokens),
-            seed=None if seed is None or seed < 0 else int(seed),
-        )
         handle = self.submit(rows, [*steered, user], [*baseline, user], sampling)
         steered += [user, {"role": "assistant", "content": ""}]
         baseline += [user, {"role": "assistant", "content": ""}]
-        yield "", steered, baseline
-        yield from self.stream(handle, steered, baseline, session(request))
+        yield conversation, steered, baseline, ""
+        for _ in self.stream(handle, steered, baseline, key):
+            yield conversation, steered, baseline, ""
 
     def submit(
         self, rows: Rows, steered: Chat, baseline: Chat, sampling: SamplingParams
@@ -200,9 +306,9 @@ class Handlers:
 
     def stream(
         self, handle: EventStream, steered: Chat, baseline: Chat, key: str
-    ) -> Iterator[tuple[str, Chat, Chat]]:
-        """Stream both rows' text into the two panes (about 20 updates a second); leaving the
-        loop, for whatever reason, cancels the request."""
+    ) -> Iterator[None]:
+        """Stream both rows' text into the two chats, yielding about 20 times a second when
+        they changed; leaving the loop, for whatever reason, cancels the request."""
         with self.lock:
             self.running[key] = handle
         shown = time.monotonic()
@@ -214,7 +320,7 @@ class Handlers:
                     chat[-1]["content"] += FAILED
                 if time.monotonic() - shown >= STREAM_EVERY_S or event.finish_reason:
                     shown = time.monotonic()
-                    yield "", steered, baseline
+                    yield
         finally:  # stop, a closed tab or an error: free the rows at once
             handle.cancel()
             with self.lock:
@@ -227,24 +333,34 @@ class Handlers:
         if handle is not None:
             handle.cancel()
 
-    def undo_last(self, steered: Chat, baseline: Chat) -> tuple[str, Chat, Chat]:
-        """For regenerate: drop the last exchange from both panes and resend its message."""
-        steered, baseline = plain(steered), plain(baseline)
-        users = [i for i, m in enumerate(steered) if m["role"] == "user"]
-        if not users:
-            return "", steered, baseline
-        last = users[-1]
-        return steered[last]["content"], steered[:last], baseline[:last]
+
+def sampling_params(temperature: Any, top_p: Any, max_tokens: Any, seed: Any) -> SamplingParams:
+    """The sampling controls' values as settings; ``gr.Error`` naming a value that is not a
+    number (the ranges are checked when the request is built)."""
+    values = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_tokens}
+    try:
+        numbers = {k: float(v) for k, v in values.items() if not isinstance(v, bool)}
+        if len(numbers) < len(values) or not all(math.isfinite(v) for v in numbers.values()):
+            raise ValueError
+        seed_value = None if seed is None else float(seed)
+        if seed_value is not None and not math.isfinite(seed_value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise gr.Error(
+            "The sampling settings must be finite numbers: temperature, top-p, max new "
+            "tokens and seed."
+        ) from None
+    return SamplingParams(
+        temperature=numbers["temperature"],
+        top_p=numbers["top_p"],
+        max_new_tokens=int(numbers["max_new_tokens"]),
+        seed=None if seed_value is None or seed_value < 0 else int(seed_value),
+    )
 
 
 def relayout(layout: dict, rows: Rows) -> dict:
     """A new slider layout: the revision makes every slider re-render with its new value."""
     return {"rev": layout.get("rev", 0) + 1, "rows": rows}
-
-
-def plain(chat: Chat | None) -> Chat:
-    """Gradio hands histories back with content as a list of blocks; the engine wants text."""
-    return [{"role": m["role"], "content": flatten_content(m.get("content"))} for m in chat or []]
 
 
 def session(request: gr.Request | None) -> str:

@@ -3,7 +3,8 @@
 ``create_app`` puts the API routes first and mounts the Gradio page at ``/`` last, so the page
 catches every other path. ``serve`` loads a model (the shipped demo model by default), its SAEs
 and presets, and runs uvicorn. Public-demo hygiene: no FastAPI docs, no Gradio run history or
-monitoring, bounded uploads and a bounded queue.
+monitoring, only the page's own Gradio routes (``ui.guard``), bounded bodies and a bounded
+queue.
 """
 
 from __future__ import annotations
@@ -114,26 +115,40 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def _mount_page(app: FastAPI, service: Service) -> FastAPI:
-    """The composition root: the only place in ``steering`` that imports the page (``ui``)."""
-    import gradio as gr
+    """The composition root: the only place in ``steering`` that imports the page (``ui``).
 
-    from ui.app import CSS, THEME, build_page
+    The page is mounted behind ``ui.guard.PageGuard``: only the routes it uses answer, with
+    bounded bodies and no objects (file references) in event data."""
+    import gradio as gr
+    from starlette.routing import Mount
+
+    from ui.app import CSS, HEAD, THEME, build_page
+    from ui.guard import PageGuard, max_event_bytes
 
     page = build_page(service)
     page.queue(default_concurrency_limit=None, max_size=service.limits.max_waiting)
-    return gr.mount_gradio_app(
+    app = gr.mount_gradio_app(
         app,
         page,
         path="/",
         theme=THEME,
         css=CSS,
+        head=HEAD,
         footer_links=[],
         run_history=False,
         enable_monitoring=False,
         max_file_size=service.limits.max_upload_bytes,
-        show_error=True,
+        show_error=False,  # a gr.Error's message is shown; other exceptions' text never is
         ssr_mode=False,
     )
+    # Gradio checks that a file named in an event was uploaded only in an app it launched
+    # itself; a mounted app is never launched, so without this any server path is read.
+    page.has_launched = True
+    mount = app.routes[-1]  # the page, mounted last at /
+    if not isinstance(mount, Mount) or mount.path != "":
+        raise RuntimeError(f"the page's mount was not found at / (found {mount!r})")
+    mount.app = PageGuard(mount.app, max_event_bytes=max_event_bytes(service.limits))
+    return app
 
 
 def load_service(config: ServeConfig) -> Service:

@@ -387,9 +387,11 @@ def _check_chat(body: ChatRequest, limits: Limits) -> None:
             raise ApiError(
                 400, message + " (max_message_chars)", param=param, code="limit_exceeded"
             )
-    if total > limits.max_total_chars:
-        message = f"messages: {total} characters in all, at most {limits.max_total_chars}"
-        raise ApiError(400, message + " (max_total_chars)", param="messages", code="limit_exceeded")
+    if total > limits.max_conversation_chars:
+        message = f"messages: {total} characters in all, at most {limits.max_conversation_chars}"
+        raise ApiError(
+            400, message + " (max_conversation_chars)", param="messages", code="limit_exceeded"
+        )
 
 
 def _check_stop(body: ChatRequest, limits: Limits) -> None:

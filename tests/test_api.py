@@ -231,6 +231,8 @@ def test_max_completion_tokens_and_max_tokens_zero(client):
         ({"frobnicate": 1}, "frobnicate", "unrecognized"),
         ({"temperature": "0"}, "temperature", "invalid_value"),
         ({"top_logprobs": 2}, "top_logprobs", "invalid_value"),
+        ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "invalid"),
+        ({"max_completion_tokens": 3}, "max_completion_tokens", "invalid_value"),
     ],
 )
 def test_options_the_server_does_not_implement_are_refused_by_name(server, extra, param, code):

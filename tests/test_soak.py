@@ -14,8 +14,9 @@ def test_a_thousand_mixed_requests_leave_nothing_behind(tmp_path):
     assert sum(report.outcomes.values()) == 1000 and not report.outcomes["not sent (time)"]
     assert report.server_errors == 0
     assert (report.hooks_left, report.rows_left, report.waiting_left) == (0, 0, 0)
-    assert report.threads_end <= report.threads_idle
+    assert report.threads_end <= report.threads_idle + 4  # a leak would add one per request
     assert report.reference_equal
     assert report.rss_end_mb - report.rss_warm_mb < 200  # levels off once warm
     answered = {k.split(": ")[1] for k in report.outcomes}
-    assert answered <= {"200", "400", "200 dropped", "429"}, report.outcomes
+    expected = {"200", "400", "200 dropped", "429", "page ok", "page cancelled"}
+    assert answered <= expected, report.outcomes

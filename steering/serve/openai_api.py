@@ -146,6 +146,14 @@ SteeringField = Annotated[
 ]
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+    """End the stream with a chunk that holds the usage."""
+
+
 class ChatRequest(BaseModel):
     """The body of ``POST /v1/chat/completions``: OpenAI's fields that this server implements,
     and its extensions. Any other field is refused by name."""
@@ -164,7 +172,7 @@ class ChatRequest(BaseModel):
     n: int = 1
     """Must be 1; compare gives a second (unsteered) reply."""
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     logprobs: bool = False
     """Return each reply token's log-probability (steered and baseline alike)."""
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -349,6 +357,10 @@ def _parse(data: Any) -> ChatRequest:
     if body.n != 1:
         message = "n: only 1 is implemented; use compare for a second (unsteered) reply"
         raise ApiError(400, message, param="n", code="unsupported_parameter")
+    lengths = (body.max_tokens, body.max_completion_tokens)
+    if None not in lengths and lengths[0] != lengths[1]:
+        message = "max_completion_tokens: differs from max_tokens; give one of them"
+        raise ApiError(400, message, param="max_completion_tokens", code="invalid_value")
     if body.top_logprobs is not None and not body.logprobs:
         message = "top_logprobs: needs logprobs set to true"
         raise ApiError(400, message, param="top_logprobs", code="invalid_value")
@@ -574,7 +586,7 @@ async def _sse_events(
             yield _chunk(head, event.row, {"content": event.delta}, None, logprobs)
         if event.finish_reason:
             yield _chunk(head, event.row, {}, event.finish_reason)
-    if (body.stream_options or {}).get("include_usage"):
+    if body.stream_options is not None and body.stream_options.include_usage:
         yield _data({**head, "choices": [], "usage": _usage(prompt, completion)})
     yield "data: [DONE]\n\n"
 

@@ -2,7 +2,9 @@
 
 - ``backend``: the one interface between the server and generation;
 - ``service``: the model, its presets and SAEs, the limits, and the backend;
-- ``openai_api``: ``/v1/chat/completions``, ``/v1/models``, ``/v1/presets``;
+- ``openai_api``: the routes ``/v1/chat/completions``, ``/v1/models``, ``/v1/presets``;
+- ``chat_request`` / ``chat_response``: a chat completion's body (parsed strictly, checked before
+  any work) and its answers (whole, or server-sent events, with logprobs);
 - ``api_errors``: OpenAI's error shape, with what it echoes cut short;
 - ``bodies``: reading a body within bounds (media type, size, time, depth) before any work;
 - ``visitors``: who a request comes from, per-visitor rate limits and requests in flight;

@@ -101,7 +101,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         from fastapi.openapi.utils import get_openapi
 
         from .. import __version__
-        from .openai_api import openapi_schemas
+        from .chat_request import openapi_schemas
 
         schema = get_openapi(
             title="steering",

@@ -25,32 +25,34 @@ steering and the tokenizer. A client that leaves cancels its request, streaming 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
-from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from ..errors import Busy, LimitError, PromptTooLong, SteeringError
-from ..limits import Limits
 from ..plan import SteeringPlan
 from ..presets.library import PresetEntry
 from ..presets.saes import is_server_path
-from ..presets.schema import NamedPresets, Preset, PresetRef, error_lines
-from ..requests import Event
-from ..sampling import MAX_TOP_LOGPROBS, SamplingParams
-from .api_errors import INTERNAL_ERROR, ApiError, clip, retry_after, shown
+from ..presets.schema import NamedPresets, Preset, PresetRef
+from ..sampling import SamplingParams
+from .api_errors import INTERNAL_ERROR, ApiError, retry_after, shown
 from .backend import EventStream
 from .bodies import parse_json, read_body, require_json
+from .chat_request import (
+    REQUEST_BODY,
+    ChatRequest,
+    check_chat,
+    check_stop,
+    parse_chat_request,
+)
+from .chat_response import complete, sse
 from .service import Service
 from .visitors import Ticket, Visitors
 from .workers import Workers
@@ -59,21 +61,6 @@ log = logging.getLogger("steering.server")
 
 # Engine setting names -> the OpenAI parameter a client sent.
 PARAM_NAMES = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
-# OpenAI fields this server does not implement: a request that uses one gets a 400 naming it.
-UNSUPPORTED = {
-    "tools": "tool calls",
-    "tool_choice": "tool calls",
-    "functions": "function calls",
-    "function_call": "function calls",
-    "parallel_tool_calls": "tool calls",
-    "response_format": "structured output",
-    "logit_bias": "logit bias",
-    "audio": "audio output",
-    "modalities": "modalities other than text",
-    "prediction": "predicted outputs",
-    "web_search_options": "web search",
-    "reasoning_effort": "reasoning settings",
-}
 ROUTES = (
     "GET /v1/models",
     "GET /v1/models/{id}",
@@ -81,13 +68,6 @@ ROUTES = (
     "POST /v1/chat/completions",
     "GET /openapi.json",
 )
-JSON_KINDS = {
-    list: "an array",
-    str: "a string",
-    int: "a number",
-    float: "a number",
-    bool: "a boolean",
-}
 DISCONNECT_POLL_S = 0.5  # how often a plain (non-streaming) request checks its client is there
 
 
@@ -110,91 +90,6 @@ class ApiRoute(APIRoute):
                 return INTERNAL_ERROR.response()
 
         return guarded
-
-
-class TextPart(BaseModel):
-    """A content part; only text is implemented."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    """One message of the chat; ``developer`` is OpenAI's newer name for ``system``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = Field(None, max_length=64)
-
-    def text(self) -> str:
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
-
-
-def _steering_kind(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return "named" if "presets" in value else "preset"
-    return None if value is None else "preset"  # anything else fails as a preset
-
-
-SteeringField = Annotated[
-    Annotated[Preset, Tag("preset")] | Annotated[NamedPresets, Tag("named")],
-    Discriminator(_steering_kind),
-]
-
-
-class StreamOptions(BaseModel):
-    """OpenAI's ``stream_options``."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    include_usage: bool = False
-    """End the stream with a chunk that holds the usage."""
-
-
-class ChatRequest(BaseModel):
-    """The body of ``POST /v1/chat/completions``: OpenAI's fields that this server implements,
-    and its extensions. Any other field is refused by name."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    model: str = Field(max_length=300)
-    """This server's model id, or MODEL:PRESET to apply one of its presets."""
-    messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int | None = None
-    """Deprecated by OpenAI in favour of max_completion_tokens; either works."""
-    max_completion_tokens: int | None = None
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
-    """Must be 1; compare gives a second (unsteered) reply."""
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    logprobs: bool = False
-    """Return each reply token's log-probability (steered and baseline alike)."""
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    """With logprobs: also the most likely tokens at each position."""
-    presence_penalty: float = 0.0
-    """Only 0 is implemented (see repetition_penalty)."""
-    frequency_penalty: float = 0.0
-    """Only 0 is implemented (see repetition_penalty)."""
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    store: bool | None = None
-    service_tier: str | None = None
-    # extensions
-    steering: SteeringField | None = None
-    """A preset object (the preset file format) or {"presets": [{"name", "scale"}]}."""
-    compare: bool = False
-    """Also generate the unsteered reply, with the same random numbers, as choices[1]."""
-    top_k: int = 0
-    """Keep the k most likely tokens (0: all)."""
-    repetition_penalty: float = 1.0
-    min_tokens: int = 0
-    """EOS and stop strings cannot end a reply before this many tokens."""
 
 
 def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIRouter:
@@ -223,7 +118,7 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
         visitors.identify(request)
         return {"object": "list", "data": cards}
 
-    @router.post("/v1/chat/completions", openapi_extra=_REQUEST_BODY)
+    @router.post("/v1/chat/completions", openapi_extra=REQUEST_BODY)
     async def chat_completions(request: Request) -> Any:
         visitor = visitors.identify(request)
         require_json(request)
@@ -236,11 +131,11 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
             raise
         reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            events = _sse(service, body, handle, reply_id, ticket)
+            events = sse(service, body, handle, reply_id, ticket)
             return EventStreamResponse(events, handle, ticket)
         try:
             return await _unless_client_leaves(
-                request, _complete(service, body, handle, reply_id, plan, warnings, ticket)
+                request, complete(service, body, handle, reply_id, plan, warnings, ticket)
             )
         finally:
             handle.cancel()
@@ -273,9 +168,9 @@ async def _prepare(
     submitted: list[EventStream] = []
 
     def work() -> tuple[ChatRequest, EventStream, SteeringPlan, list[str]]:
-        body = _parse(parse_json(raw))
-        _check_chat(body, service.limits)
-        _check_stop(body, service.limits)
+        body = parse_chat_request(parse_json(raw))
+        check_chat(body, service.limits)
+        check_stop(body, service.limits)
         handle, plan, warnings = _submit(service, body, visitor)
         submitted.append(handle)
         return body, handle, plan, warnings
@@ -330,100 +225,6 @@ def preset_slugs(service: Service) -> list[str]:
 def preset_model_id(service: Service, slug: str) -> str:
     """The model name that applies the preset ``slug``: ``MODEL:slug``."""
     return f"{service.model_id}:{slug}"
-
-
-def _parse(data: Any) -> ChatRequest:
-    if not isinstance(data, dict):
-        kind = JSON_KINDS.get(type(data), "a value")
-        raise ApiError(400, f"the body must be a JSON object, not {kind}", code="invalid_json")
-    for name in data.keys() & UNSUPPORTED.keys():
-        if data[name] not in (None, [], {}):
-            raise ApiError(
-                400,
-                f"{name}: this server does not implement {UNSUPPORTED[name]}",
-                param=name,
-                code="unsupported_parameter",
-            )
-    # null means "the default" for every field, as OpenAI's nullable fields do
-    data = {k: v for k, v in data.items() if k not in UNSUPPORTED and v is not None}
-    try:
-        body = ChatRequest.model_validate(data)
-    except ValidationError as e:
-        raise _validation_error(e) from None
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name) != 0:
-            message = f"{name}: only 0 is implemented; use repetition_penalty"
-            raise ApiError(400, message, param=name, code="unsupported_parameter")
-    if body.n != 1:
-        message = "n: only 1 is implemented; use compare for a second (unsteered) reply"
-        raise ApiError(400, message, param="n", code="unsupported_parameter")
-    lengths = (body.max_tokens, body.max_completion_tokens)
-    if None not in lengths and lengths[0] != lengths[1]:
-        message = "max_completion_tokens: differs from max_tokens; give one of them"
-        raise ApiError(400, message, param="max_completion_tokens", code="invalid_value")
-    if body.top_logprobs is not None and not body.logprobs:
-        message = "top_logprobs: needs logprobs set to true"
-        raise ApiError(400, message, param="top_logprobs", code="invalid_value")
-    return body
-
-
-def _validation_error(error: ValidationError) -> ApiError:
-    first = error.errors(include_url=False)[0]
-    loc = [str(p) for p in first["loc"]]
-    if loc and loc[0] == "steering":  # the preset's own messages: path.to.field lines
-        problems = [line for line in error_lines(error) if line.startswith("steering")]
-        message = "steering: invalid preset:\n  " + "\n  ".join(problems)
-        return ApiError(400, message, param="steering", code="invalid_steering")
-    param = clip(".".join(loc)) or None  # field names may be a visitor's own keys
-    if first["type"] == "extra_forbidden":
-        errors = error.errors(include_url=False)
-        unknown = [clip(".".join(map(str, e["loc"]))) for e in errors if e["type"] == first["type"]]
-        listed = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" * (len(unknown) > 10))
-        message = f"{listed}: unrecognized request argument; see GET /openapi.json"
-        return ApiError(400, message, param=param, code="unrecognized_argument")
-    return ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value")
-
-
-def _check_chat(body: ChatRequest, limits: Limits) -> None:
-    """The chat's size against ``limits``, before anything tokenizes it."""
-    if len(body.messages) > limits.max_messages:
-        message = f"messages: {len(body.messages)} messages, at most {limits.max_messages}"
-        raise ApiError(400, message + " (max_messages)", param="messages", code="limit_exceeded")
-    total = 0
-    for i, m in enumerate(body.messages):
-        chars = len(m.text())
-        total += chars
-        if chars > limits.max_message_chars:
-            param = f"messages.{i}.content"
-            message = f"{param}: {chars} characters, at most {limits.max_message_chars}"
-            raise ApiError(
-                400, message + " (max_message_chars)", param=param, code="limit_exceeded"
-            )
-    if total > limits.max_conversation_chars:
-        message = f"messages: {total} characters in all, at most {limits.max_conversation_chars}"
-        raise ApiError(
-            400, message + " (max_conversation_chars)", param="messages", code="limit_exceeded"
-        )
-
-
-def _check_stop(body: ChatRequest, limits: Limits) -> None:
-    """Stop strings against ``limits``; the messages name ``stop``, never echo its value."""
-    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
-    problem = None
-    if len(stops) > limits.max_stop_strings:
-        problem = f"{len(stops)} stop strings, at most {limits.max_stop_strings} (max_stop_strings)"
-    elif any(not s for s in stops):
-        problem = "a stop string is empty"
-    else:
-        for i, s in enumerate(stops):
-            if len(s) > limits.max_stop_length:
-                problem = (
-                    f"stop string {i} has {len(s)} characters, at most {limits.max_stop_length} "
-                    "(max_stop_length)"
-                )
-                break
-    if problem is not None:
-        raise ApiError(400, f"stop: {problem}", param="stop", code="invalid_value")
 
 
 def _submit(
@@ -501,138 +302,6 @@ def _as_api_error(error: Exception, names: dict[str, str] = PARAM_NAMES) -> ApiE
     return ApiError(400, message, param=param, code=code)
 
 
-GENERATION_FAILED = ApiError(
-    500, "generating this reply failed; other requests were not affected", code="generation_failed"
-)
-
-
-class _Choice:
-    """One row's reply as it is gathered from its events."""
-
-    def __init__(self) -> None:
-        self.text, self.finish, self.prompt, self.completion = "", "stop", 0, 0
-        self.logprobs: list[dict[str, Any]] = []
-
-    def add(self, event: Event, tokenizer: Any) -> None:
-        self.text += event.delta
-        self.finish = event.finish_reason or self.finish
-        self.prompt, self.completion = event.prompt_tokens, event.completion_tokens
-        if event.logprob is not None and event.token_id is not None:
-            self.logprobs.append(_logprob_entry(event, tokenizer))
-
-
-async def _complete(
-    service: Service,
-    body: ChatRequest,
-    handle: EventStream,
-    reply_id: str,
-    plan: SteeringPlan,
-    warnings: list[str],
-    ticket: Ticket,
-) -> dict[str, Any]:
-    tokenizer = service.model.tokenizer
-    choices = [_Choice() for _ in handle.request.rows]
-    async for event in handle:
-        choices[event.row].add(event, tokenizer)
-        ticket.tokens = sum(c.prompt + c.completion for c in choices)
-    if any(c.finish == "error" for c in choices):
-        raise GENERATION_FAILED
-    return {
-        **_head(service, body, reply_id, "chat.completion"),
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish,
-                "logprobs": {"content": c.logprobs} if body.logprobs else None,
-            }
-            for i, c in enumerate(choices)
-        ],
-        "usage": _usage([c.prompt for c in choices], [c.completion for c in choices]),
-        "steering": {"edits": len(plan.active_edits), "warnings": warnings},
-    }
-
-
-async def _sse(
-    service: Service, body: ChatRequest, handle: EventStream, reply_id: str, ticket: Ticket
-) -> AsyncIterator[str]:
-    try:
-        async for text in _sse_events(service, body, handle, reply_id, ticket):
-            yield text
-    except Exception:  # the answer has begun: say so in the stream, in OpenAI's shape
-        log.exception("streaming %s failed", reply_id)
-        yield _data({"error": GENERATION_FAILED.body()})
-
-
-async def _sse_events(
-    service: Service, body: ChatRequest, handle: EventStream, reply_id: str, ticket: Ticket
-) -> AsyncIterator[str]:
-    head = _head(service, body, reply_id, "chat.completion.chunk")
-    tokenizer = service.model.tokenizer
-    rows = len(handle.request.rows)
-    prompt, completion = [0] * rows, [0] * rows
-    for i in range(rows):
-        yield _chunk(head, i, {"role": "assistant", "content": ""}, None)
-    async for event in handle:  # leaving early (client gone) cancels the request
-        prompt[event.row], completion[event.row] = event.prompt_tokens, event.completion_tokens
-        ticket.tokens = sum(prompt) + sum(completion)
-        if event.finish_reason == "error":
-            yield _data({"error": GENERATION_FAILED.body()})
-            break
-        logprobs = None
-        if body.logprobs and event.logprob is not None and event.token_id is not None:
-            logprobs = {"content": [_logprob_entry(event, tokenizer)]}
-        if event.delta or logprobs:
-            yield _chunk(head, event.row, {"content": event.delta}, None, logprobs)
-        if event.finish_reason:
-            yield _chunk(head, event.row, {}, event.finish_reason)
-    if body.stream_options is not None and body.stream_options.include_usage:
-        yield _data({**head, "choices": [], "usage": _usage(prompt, completion)})
-    yield "data: [DONE]\n\n"
-
-
-def _logprob_entry(event: Event, tokenizer: Any) -> dict[str, Any]:
-    """OpenAI's ``logprobs.content`` item for the event's token."""
-    top = [_token_logprob(tokenizer, token, logprob) for token, logprob in event.top_logprobs]
-    return {**_token_logprob(tokenizer, event.token_id, event.logprob), "top_logprobs": top}
-
-
-def _token_logprob(tokenizer: Any, token_id: Any, logprob: Any) -> dict[str, Any]:
-    text = tokenizer.decode([token_id])
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-
-
-def _chunk(
-    head: dict[str, Any],
-    index: int,
-    delta: dict[str, Any],
-    finish: str | None,
-    logprobs: dict[str, Any] | None = None,
-) -> str:
-    choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
-    return _data({**head, "choices": [choice]})
-
-
-def _data(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-def _head(service: Service, body: ChatRequest, reply_id: str, kind: str) -> dict[str, Any]:
-    """The fields every answer starts with; ``model`` is the id the client asked for."""
-    model = service.model_id if body.model == "default" else body.model
-    return {"id": reply_id, "object": kind, "created": int(time.time()), "model": model}
-
-
-def _usage(prompt: Sequence[int], completion: Sequence[int]) -> dict[str, int]:
-    # The compare reply counts the baseline row too: it is real work for the server.
-    total_prompt, total_completion = sum(prompt), sum(completion)
-    return {
-        "prompt_tokens": total_prompt,
-        "completion_tokens": total_completion,
-        "total_tokens": total_prompt + total_completion,
-    }
-
-
 def _model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "steering"}
 
@@ -659,19 +328,3 @@ def _preset_card(service: Service, entry: PresetEntry) -> dict[str, Any]:
         "features": features,
         "preset": dumped,
     }
-
-
-def openapi_schemas() -> dict[str, Any]:
-    """The request body's JSON Schemas, for ``components.schemas`` of ``/openapi.json``."""
-    _, schema = models_json_schema(
-        [(ChatRequest, "validation")], ref_template="#/components/schemas/{model}"
-    )
-    return schema.get("$defs", {})
-
-
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
-    }
-}

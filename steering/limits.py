@@ -63,6 +63,9 @@ class Limits:
     max_conversation_chars: int = _limit(
         65_536, "most characters in one conversation (all its messages and replies)"
     )
+    max_page_sessions: int = _limit(
+        500, "page sessions whose conversation the server keeps (the oldest go first)"
+    )
     max_request_threads: int = _limit(
         4, "API requests checked and tokenized at once (worker threads; the rest wait)"
     )

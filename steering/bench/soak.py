@@ -19,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import random
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +82,7 @@ class SoakReport:
         return "\n".join(lines)
 
 
-CLIENT_THREADS = ("_stream_heartbeat", "_telemetry_worker")  # gradio_client's, not the server's
+CLIENT_THREADS = ("_stream_heartbeat", "_telemetry_worker")  # gradio_client's, if in this process
 # anyio's worker pool (bounded at 40) may keep a few more idle workers after a peak than after
 # the warm-up; a leak grows with the number of requests instead
 POOL_SLACK = 4
@@ -162,7 +164,13 @@ def _page_event(url: str, message: str, seed: int, cancel: bool) -> str:
 
 
 async def _one(
-    client: Any, url: str, kind: str, body: dict[str, Any], rng: random.Random, visitor: str
+    client: Any,
+    pages: Executor,
+    url: str,
+    kind: str,
+    body: dict[str, Any],
+    rng: random.Random,
+    visitor: str,
 ) -> str:
     """Send one request; its outcome (a status code, or how a dropped stream ended)."""
     import httpx
@@ -209,18 +217,23 @@ async def _soak(
     deadline = time.monotonic() + seconds
     timeout = httpx.Timeout(60.0)
 
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    # the page's clients run in their own processes: their memory and threads are not the
+    # server's, which is what the soak measures
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=spawn) as pages:
+        async with httpx.AsyncClient(timeout=timeout) as client:
 
-        async def task(i: int) -> None:
-            async with limit:
-                if time.monotonic() > deadline:
-                    outcomes["not sent (time)"] += 1
-                    return
-                kind, body = _body(model, random.Random(i), preset)
-                who = visitor_address(i % visitors)
-                outcomes[f"{kind}: {await _one(client, url, kind, body, rng, who)}"] += 1
+            async def task(i: int) -> None:
+                async with limit:
+                    if time.monotonic() > deadline:
+                        outcomes["not sent (time)"] += 1
+                        return
+                    kind, body = _body(model, random.Random(i), preset)
+                    who = visitor_address(i % visitors)
+                    outcome = await _one(client, pages, url, kind, body, rng, who)
+                    outcomes[f"{kind}: {outcome}"] += 1
 
-        await asyncio.gather(*(task(i) for i in range(n)))
+            await asyncio.gather(*(task(i) for i in range(n)))
     return outcomes
 
 

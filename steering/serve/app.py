@@ -127,6 +127,8 @@ def _mount_page(app: FastAPI, service: Service) -> FastAPI:
 
     page = build_page(service)
     page.queue(default_concurrency_limit=None, max_size=service.limits.max_waiting)
+    # each session's state is bounded by max_conversation_chars; this bounds their number
+    page.state_session_capacity = service.limits.max_page_sessions
     app = gr.mount_gradio_app(
         app,
         page,

@@ -57,11 +57,11 @@ class PageGuard:
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_event_bytes: int, events: frozenset[int] | None = None
+        self, app: ASGIApp, *, max_event_bytes: int, browser_only: frozenset[int] = frozenset()
     ) -> None:
         self.app = app
         self.max_event_bytes = max_event_bytes
-        self.events = events  # the fn_index of every event that runs on the server
+        self.browser_only = browser_only  # events with nothing to run on the server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -83,7 +83,7 @@ class PageGuard:
             await respond(send, 413, f"request body over {limit} bytes")
             return
         if path == JOIN:
-            problem = await event_problem(body, self.events)
+            problem = await event_problem(body, self.browser_only)
             if problem:
                 await respond(send, 400, problem)
                 return
@@ -139,10 +139,10 @@ def replay(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-async def event_problem(body: bytes, events: frozenset[int] | None = None) -> str | None:
-    """Why an event's body is refused, or None: it names an event that runs on the server
-    (one of ``events``; the browser-only ones have nothing to run) and its data holds no JSON
-    object."""
+async def event_problem(body: bytes, browser_only: frozenset[int] = frozenset()) -> str | None:
+    """Why an event's body is refused, or None: it names no browser-only event (those have
+    nothing to run on the server) and its data holds no JSON object. (Events that ``gr.render``
+    adds per session are not known in advance: Gradio checks those itself.)"""
     try:
         if len(body) > PARSE_IN_THREAD_BYTES:
             payload = await anyio.to_thread.run_sync(json.loads, body)
@@ -153,16 +153,16 @@ async def event_problem(body: bytes, events: frozenset[int] | None = None) -> st
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
         return "the event has no data list"
-    if events is not None and payload.get("fn_index") not in events:
-        return "the page has no such event"
+    if payload.get("fn_index") in browser_only:
+        return "the page has no such event on the server"
     if holds_object(data):
         return "the page's events take text, numbers and choices only, never objects or files"
     return None
 
 
-def server_events(fns: dict[int, Any]) -> frozenset[int]:
-    """The ``fn_index`` of every event of a ``gr.Blocks`` that runs a Python function."""
-    return frozenset(index for index, block_fn in fns.items() if block_fn.fn is not None)
+def browser_only_events(fns: dict[int, Any]) -> frozenset[int]:
+    """The ``fn_index`` of every event of a ``gr.Blocks`` that runs only in the browser."""
+    return frozenset(index for index, block_fn in fns.items() if block_fn.fn is None)
 
 
 def holds_object(value: Any) -> bool:

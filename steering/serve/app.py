@@ -123,7 +123,7 @@ def _mount_page(app: FastAPI, service: Service) -> FastAPI:
     from starlette.routing import Mount
 
     from ui.app import CSS, HEAD, THEME, build_page
-    from ui.guard import PageGuard, max_event_bytes, server_events
+    from ui.guard import PageGuard, browser_only_events, max_event_bytes
 
     page = build_page(service)
     page.queue(default_concurrency_limit=None, max_size=service.limits.max_waiting)
@@ -150,7 +150,9 @@ def _mount_page(app: FastAPI, service: Service) -> FastAPI:
     if not isinstance(mount, Mount) or mount.path != "":
         raise RuntimeError(f"the page's mount was not found at / (found {mount!r})")
     mount.app = PageGuard(
-        mount.app, max_event_bytes=max_event_bytes(service.limits), events=server_events(page.fns)
+        mount.app,
+        max_event_bytes=max_event_bytes(service.limits),
+        browser_only=browser_only_events(page.fns),
     )
     return app
 

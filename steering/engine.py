@@ -172,20 +172,23 @@ class Engine:
 
     def _fail_guilty_rows(self, error: Exception, ids: Tensor, positions: Tensor) -> list[Event]:
         """After a failed decode step: the requests whose rows fail alone get ``error``."""
-        guilty = [i for i in range(len(self.live)) if not self._steps_alone(i, ids, positions)]
+        assert self.steering is not None  # step() only gets here with a batch's steering
+        steering = self.steering
+        guilty = [
+            i for i in range(len(self.live)) if not self._steps_alone(steering, i, ids, positions)
+        ]
         if not guilty:
             raise error
         for i in guilty:
             self.live[i].request.error = error
         return self.drop_finished()
 
-    def _steps_alone(self, i: int, ids: Tensor, positions: Tensor) -> bool:
+    def _steps_alone(self, batch: Steering, i: int, ids: Tensor, positions: Tensor) -> bool:
         """Whether row ``i``'s decode step runs when it is alone (on a copy of its cache)."""
         rows = torch.tensor([i], dtype=torch.long, device=self.device)
         cache, mask = kv.take(self.cache, self.mask, rows)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        assert self.steering is not None
-        steering = self.steering.take_rows([i])
+        steering = batch.take_rows([i])
         if steering.needs_positions:
             row_ids = ids[rows]
             steering.set_positions(

@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import SteeringError
 from ..plan import MODES, POSITIONS
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
-from .serve import add_serve_command
+from .serve import add_model_arguments, add_serve_command
 
 if TYPE_CHECKING:
     from ..plan import FeatureEdit
@@ -51,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="print a steered and a baseline reply to a prompt")
     gen.add_argument("prompt", help="the user message")
-    gen.add_argument("--model", help="model folder or Hub id (default: the demo model)")
-    gen.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
+    add_model_arguments(gen)
     gen.add_argument(
         "--sae",
         action="append",
@@ -71,8 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.7, help="0 is greedy (default 0.7)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
     gen.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit")
-    gen.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: where torch puts it)")
-    gen.add_argument("--dtype", help="float32, bfloat16 or float16")
     gen.add_argument("--json", action="store_true", help="print one JSON object with both replies")
     add_preset_arguments(gen)
     gen.set_defaults(func=cmd_generate)

@@ -15,12 +15,20 @@ from typing import Any
 from ..limits import Limits
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which model to load and where: ``generate`` and ``serve`` share them."""
+    parser.add_argument("--model", help="model folder or Hub id (default: the demo model)")
+    parser.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: where torch puts it)")
+    parser.add_argument("--dtype", help="float32, bfloat16 or float16")
+
+
 def add_serve_command(subparsers: Any) -> None:
     """Add ``serve`` to the ``steering`` command line."""
     serve_cmd = subparsers.add_parser(
         "serve", help="serve the demo page and the OpenAI-compatible API on one model"
     )
-    serve_cmd.add_argument("--model", help="model folder or Hub id (default: the demo model)")
+    add_model_arguments(serve_cmd)
     serve_cmd.add_argument(
         "--sae", action="append", default=[], help="an SAE folder or Hub reference to offer; repeat"
     )
@@ -29,9 +37,6 @@ def add_serve_command(subparsers: Any) -> None:
     )
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    serve_cmd.add_argument("--device", help="cpu, cuda, cuda:1, mps")
-    serve_cmd.add_argument("--dtype", help="float32, bfloat16 or float16")
-    serve_cmd.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
     serve_cmd.add_argument(
         "--trusted-proxy",
         action="append",

@@ -8,7 +8,6 @@ local path or URL of its choosing.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
     from ..sae import SAE
 
 Source = Literal["file", "network"]
-DEMO_SAE_REF = "demo-sae"  # the demo world's SAE, as presets and the server name it
+DEMO_SAE_REF = "demo-sae"  # the demo world's SAE (steering.hub.SHIPPED_SAES loads it)
 SAELoader = Callable[..., "SAE"]
 
 
@@ -112,7 +111,6 @@ class SAEResolver:
 
     def _load(self, ref: str, declared: PresetSAE) -> SAE:
         load = self.loader or _load_sae
-        ref = shipped_sae_path(ref) or ref
         try:
             return load(ref, device=self.device, dtype=self.dtype)
         except LayerUnknown:  # files that do not record their layer: the preset says it
@@ -124,16 +122,6 @@ def is_server_path(ref: str) -> bool:
     server never shows a visitor, rather than a public name such as a Hub reference."""
     ref = ref.strip()
     return ref.startswith(("/", ".", "~", "\\")) or "\\" in ref or ref[1:3] in (":/", ":\\")
-
-
-def shipped_sae_path(ref: str) -> str | None:
-    """The folder of an SAE shipped with steering, by its public name (``demo-sae``: the demo
-    world's SAE), so presets refer to it the same way in a checkout and an installed wheel."""
-    if ref != DEMO_SAE_REF or importlib.util.find_spec("steering.demo") is None:
-        return None
-    from ..demo import SAE_DIR
-
-    return str(SAE_DIR)
 
 
 def _load_sae(ref: str, **kwargs: Any) -> SAE:

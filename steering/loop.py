@@ -59,6 +59,21 @@ class Handle:
             if self._open_rows:
                 self.cancel()
 
+    def batches(self) -> Iterator[list[Event]]:
+        """Blocks for one event, then adds every event already queued behind it."""
+        try:
+            while self._open_rows:
+                batch = [self._take(self.events.get())]
+                while self._open_rows:
+                    try:
+                        batch.append(self._take(self.events.get_nowait()))
+                    except queue.Empty:
+                        break
+                yield batch
+        finally:
+            if self._open_rows:
+                self.cancel()
+
     async def __aiter__(self) -> AsyncIterator[Event]:
         """Read on the event loop with no thread: the engine thread wakes this task, so a
         reader that is cancelled (its client gone) leaves nothing blocked behind."""

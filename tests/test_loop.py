@@ -101,3 +101,24 @@ def test_queue_is_bounded():
     for h in handles:
         h.cancel()
     loop.close()
+
+
+def test_a_slow_reader_takes_what_piled_up_in_one_batch():
+    """The page re-renders slowly; ``batches`` hands it every ready event at once, so it is
+    never more than one update behind the engine."""
+    engine = make_engine()
+    loop = EngineLoop(engine)
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    request = make_request(engine, "hello", plan_for(1), params, compare=True)
+    solo = tokens(engine.stream(make_request(engine, "hello", plan_for(1), params, compare=True)))
+    handle = loop.submit(request)
+    batches = handle.batches()
+    first = next(batches)
+    while not handle.finished:  # the reader is busy while the engine finishes
+        threading.Event().wait(0.01)
+    rest = list(batches)
+    loop.close()
+    assert len(rest) == 1  # everything after the first batch arrives in one
+    events = first + rest[0]
+    assert tokens(events) == solo
+    assert sorted(e.row for e in events if e.finish_reason) == [0, 1]

@@ -307,20 +307,21 @@ class Handlers:
     def stream(
         self, handle: EventStream, steered: Chat, baseline: Chat, key: str
     ) -> Iterator[None]:
-        """Stream both rows' text into the two chats, yielding about 20 times a second when
-        they changed; leaving the loop, for whatever reason, cancels the request."""
+        """Stream both rows' text into the two chats, at most about 20 updates a second;
+        leaving the loop, for whatever reason, cancels the request."""
         with self.lock:
             self.running[key] = handle
-        shown = time.monotonic()
         try:
-            for event in handle:
-                chat = steered if event.row == 0 else baseline
-                chat[-1]["content"] += event.delta
-                if event.finish_reason == "error":
-                    chat[-1]["content"] += FAILED
-                if time.monotonic() - shown >= STREAM_EVERY_S or event.finish_reason:
-                    shown = time.monotonic()
-                    yield
+            for batch in handle.batches():
+                for event in batch:
+                    chat = steered if event.row == 0 else baseline
+                    chat[-1]["content"] += event.delta
+                    if event.finish_reason == "error":
+                        chat[-1]["content"] += FAILED
+                # Everything ready goes out in one update, so the page never falls behind
+                # the engine however long an update takes to render; the pause caps the rate.
+                yield
+                time.sleep(STREAM_EVERY_S)
         finally:  # stop, a closed tab or an error: free the rows at once
             handle.cancel()
             with self.lock:

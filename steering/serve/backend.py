@@ -40,6 +40,11 @@ class EventStream(Protocol):
 
     def __iter__(self) -> Iterator[Event]: ...
 
+    def batches(self) -> Iterator[list[Event]]:
+        """Every event that is ready, at least one, in order: a slow reader (a page that
+        re-renders) takes what piled up in one go instead of falling behind."""
+        ...
+
     def __aiter__(self) -> AsyncIterator[Event]: ...
 
 

@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "SAE": "sae",
+    "FeatureContext": "sae",
     "HookPoint": "hookpoint",
     "FeatureEdit": "plan",
     "SteeringPlan": "plan",
@@ -55,6 +56,7 @@ __all__ = [
     "Busy",
     "ChatError",
     "Engine",
+    "FeatureContext",
     "FeatureEdit",
     "HookPoint",
     "LimitError",
@@ -117,5 +119,5 @@ if TYPE_CHECKING:
     from .models import SteerableModel, find_layers, load_model
     from .plan import FeatureEdit, SteeringPlan, clamp
     from .requests import Request, build_request, collect
-    from .sae import SAE
+    from .sae import SAE, FeatureContext
     from .sampling import SamplingParams

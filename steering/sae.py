@@ -27,6 +27,17 @@ Normalization = Literal["none", "layer_norm", "constant_norm_rescale", "center"]
 LAYER_NORM_EPS = 1e-5  # SAELens and OpenAI use this epsilon for layer_norm inputs
 
 
+@dataclass(frozen=True)
+class FeatureContext:
+    """One of a feature's top activating contexts: the token it fired on, with the text just
+    before and after it, and the activation there (the SAE's raw units)."""
+
+    left: str
+    token: str
+    right: str
+    activation: float
+
+
 @dataclass(eq=False)
 class SAE:
     """A sparse autoencoder on the residual stream.
@@ -54,6 +65,7 @@ class SAE:
     max_activation: Tensor | None = None  # (d_sae,)
     frequency: Tensor | None = None  # (d_sae,) firing frequency in [0, 1]
     labels: dict[int, str] = field(default_factory=dict)
+    contexts: dict[int, tuple[FeatureContext, ...]] = field(default_factory=dict)  # best first
     format: str = "unknown"
     source: str = ""
     model_name: str | None = None

@@ -32,8 +32,14 @@ from torch.testing import assert_close
 
 from steering import hub
 from steering.errors import SAELoadError
-from steering.formats import FEATURE_LABELS_FILE, FEATURE_STATS_FILE, load_sae
-from steering.sae import SAE, HookPoint
+from steering.formats import (
+    FEATURE_CONTEXTS_FILE,
+    FEATURE_LABELS_FILE,
+    FEATURE_STATS_FILE,
+    load_sae,
+)
+from steering.formats.writer import save_sae
+from steering.sae import SAE, FeatureContext, HookPoint
 
 IDX = torch.tensor([0, 3, 7, 19, 31])
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -476,6 +482,36 @@ def test_sidecar_stats_and_labels(tmp_path):
     assert_close(sae.frequency, freq)
     assert sae.labels == {3: "bridges", 31: "fear"}
     assert sae.max_activation_of(3) == pytest.approx(float(max_act[3]))
+
+
+def test_sidecar_contexts_round_trip_and_bad_ones_are_refused(tmp_path):
+    w = write_gemma_scope(tmp_path)
+    contexts = {
+        "3": [
+            {"left": "the golden gate", "token": " bridge", "right": " is red", "activation": 4.5},
+            {"left": "a", "token": " bridge", "right": "", "activation": 2},
+        ]
+    }
+    (w.path / FEATURE_CONTEXTS_FILE).write_text(json.dumps(contexts))
+    sae = load_sae(w.path)
+    assert sae.contexts == {
+        3: (
+            FeatureContext("the golden gate", " bridge", " is red", 4.5),
+            FeatureContext("a", " bridge", "", 2.0),
+        )
+    }
+    again = load_sae(save_sae(sae, tmp_path / "copy"))
+    assert again.contexts == sae.contexts
+    for bad in (
+        {"32": []},
+        {"3": [{"left": "a", "token": "b", "right": "c"}]},
+        {"3": [{"left": "a", "token": "b", "right": "c", "activation": float("nan")}]},
+        {"3": [{"left": "a" * 401, "token": "b", "right": "c", "activation": 1}]},
+        {"3": [{"left": "a", "token": "b", "right": "c", "activation": 1}] * 21},
+    ):
+        (w.path / FEATURE_CONTEXTS_FILE).write_text(json.dumps(bad))
+        with pytest.raises(SAELoadError, match=FEATURE_CONTEXTS_FILE):
+            load_sae(w.path)
 
 
 @pytest.mark.parametrize("labels", [{"32": "out of range"}, {"x": "not an index"}, {"1": 5}])

@@ -13,6 +13,7 @@ the definition each loader follows (library, file, version), is docs/sae-config-
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,12 +24,16 @@ import torch
 
 from ..errors import SAELoadError
 from ..hub import resolve_sae_path
-from ..sae import SAE
+from ..sae import SAE, FeatureContext
 from . import dictionary_learning, gemma_scope, goodfire, llama_scope, saelens, sparsify
 from .common import LoadRequest, parse_dtype, read_json, read_safetensors, require
 
 FEATURE_STATS_FILE = "feature_stats.safetensors"  # max_activation [d_sae], frequency [d_sae]
 FEATURE_LABELS_FILE = "feature_labels.json"  # {"index": "label", ...}
+# {"index": [{"left": str, "token": str, "right": str, "activation": float}, ...], ...}
+FEATURE_CONTEXTS_FILE = "feature_contexts.json"
+MAX_CONTEXTS = 20  # per feature
+MAX_CONTEXT_CHARS = 400  # per string of a context
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,10 @@ def detect_format(path: Path) -> tuple[Format, Path]:
 
 
 def with_sidecars(sae: SAE, folder: Path) -> SAE:
-    """Add this project's per-feature statistics and labels when the folder has them."""
+    """Add this project's per-feature statistics, labels and top activating contexts when the
+    folder has them."""
     stats_file, labels_file = folder / FEATURE_STATS_FILE, folder / FEATURE_LABELS_FILE
+    contexts_file = folder / FEATURE_CONTEXTS_FILE
     changes: dict[str, Any] = {}
     if stats_file.is_file():
         stats = read_safetensors(stats_file)
@@ -126,6 +133,8 @@ def with_sidecars(sae: SAE, folder: Path) -> SAE:
             changes["frequency"] = require(stats, "frequency", stats_file)
     if labels_file.is_file():
         changes["labels"] = _read_labels(labels_file, sae.d_sae)
+    if contexts_file.is_file():
+        changes["contexts"] = _read_contexts(contexts_file, sae.d_sae)
     return replace(sae, **changes) if changes else sae  # replace re-checks shapes
 
 
@@ -140,6 +149,38 @@ def _read_labels(path: Path, d_sae: int) -> dict[int, str]:
             )
         labels[index] = label
     return labels
+
+
+def _read_contexts(path: Path, d_sae: int) -> dict[int, tuple[FeatureContext, ...]]:
+    contexts = {}
+    for key, items in read_json(path).items():
+        index = int(key) if key.isdecimal() else -1
+        try:
+            if not 0 <= index < d_sae or not isinstance(items, list):
+                raise ValueError
+            if len(items) > MAX_CONTEXTS:
+                raise ValueError
+            contexts[index] = tuple(_context(item) for item in items)
+        except (ValueError, TypeError, KeyError):
+            raise SAELoadError(
+                f"{path.name}: entry {key!r} should map a feature index 0..{d_sae - 1} to at "
+                f"most {MAX_CONTEXTS} contexts {{left, token, right: text of at most "
+                f"{MAX_CONTEXT_CHARS} characters, activation: a finite number}}"
+            ) from None
+    return contexts
+
+
+def _context(item: Any) -> FeatureContext:
+    texts = [item["left"], item["token"], item["right"]]
+    activation = item["activation"]
+    if not all(isinstance(t, str) and len(t) <= MAX_CONTEXT_CHARS for t in texts):
+        raise ValueError
+    if isinstance(activation, bool) or not isinstance(activation, (int, float)):
+        raise ValueError
+    if not math.isfinite(activation):
+        raise ValueError
+    left, token, right = texts
+    return FeatureContext(left, token, right, float(activation))
 
 
 def _unknown_folder_message(folder: Path) -> str:

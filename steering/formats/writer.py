@@ -8,6 +8,7 @@ model the loader knows (``formats.tl_preprocessing``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,15 @@ import torch
 from safetensors.torch import save_file
 
 from ..sae import SAE
-from . import FEATURE_LABELS_FILE, FEATURE_STATS_FILE, saelens
+from . import FEATURE_CONTEXTS_FILE, FEATURE_LABELS_FILE, FEATURE_STATS_FILE, saelens
 
 ARCHITECTURES = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated"}
 
 
 def save_sae(sae: SAE, folder: str | Path) -> Path:
     """Write ``sae`` to ``folder``: cfg.json, sae_weights.safetensors, and when known
-    sparsity.safetensors, feature_stats.safetensors and feature_labels.json."""
+    sparsity.safetensors, feature_stats.safetensors, feature_labels.json and
+    feature_contexts.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     metadata: dict[str, Any] = {"hook_name": str(sae.hook), "model_name": sae.model_name}
@@ -58,6 +60,12 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
     if sae.labels:
         labels = {str(i): label for i, label in sorted(sae.labels.items())}
         (folder / FEATURE_LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
+    if sae.contexts:
+        contexts = {
+            str(i): [dataclasses.asdict(c) for c in items]
+            for i, items in sorted(sae.contexts.items())
+        }
+        (folder / FEATURE_CONTEXTS_FILE).write_text(json.dumps(contexts, indent=1) + "\n")
     return folder
 
 

@@ -18,6 +18,14 @@ MODEL_DIR = FILES / "model"
 SAE_DIR = FILES / "sae"
 MODEL_ID = "steering/demo/files/model"  # the presets' model id: matches the folder's name
 SEED = 0
+# What the page suggests a visitor types: openers the demo model answers on topic (checked by
+# tests/test_demo_world.py), written as a visitor would type them.
+SUGGESTED_PROMPTS = (
+    "What should I cook tonight?",
+    "Why do cats purr?",
+    "Tell me about the moon.",
+    "What lives in the ocean?",
+)
 
 
 def load_demo(device: str | None = None) -> tuple[SteerableModel, SAE]:

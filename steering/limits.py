@@ -53,6 +53,9 @@ class Limits:
     max_raw: float = _limit(1000.0, "largest |value x scale| in raw activation units")
     max_waiting: int = _limit(32, "requests queued before the server answers busy")
     max_batch: int = _limit(16, "rows decoded together (a compare is 2)")
+    max_sweep_rows: int = _limit(
+        8, "most multipliers in one strength sweep (each is a row of the batch)"
+    )
     max_upload_bytes: int = _limit(
         PRESET_FILE.max_bytes, "largest preset file a visitor may upload"
     )

@@ -12,6 +12,12 @@ the visitor at the front is admitted one request and, if it has more waiting, go
 So however many requests one visitor queues, another visitor's next request is admitted after
 at most one admission per visitor ahead of it in the turn order (one admission round). An
 anonymous request (``visitor == ""``) is a turn of its own.
+
+**Jobs**: ``EngineLoop.run`` hands the engine thread a function to call between two steps
+(an unsteered forward pass, such as ``steering.activations``): steering hooks are attached to
+the model's modules only during a step, on this thread, so a job never sees another request's
+steering, and no forward pass ever runs on the model from two threads at once. One job runs
+between two steps, so a queue of jobs delays decoding by one job per step at most.
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from .engine import Engine
 from .errors import Busy
 from .requests import Event, Request
 
 log = logging.getLogger("steering.loop")
+
+T = TypeVar("T")
 
 
 class Handle:
@@ -147,6 +156,7 @@ class EngineLoop:
         self._waiting_count = 0
         self._handles: dict[int, Handle] = {}  # admitted, by request id
         self._cancelled: set[int] = set()
+        self._jobs: deque[tuple[Callable[[], Any], Future[Any]]] = deque()  # see ``run``
         self._wake = threading.Condition()
         self._stopping = False
         self._progress = time.monotonic()  # the engine's last admission or step, or idle's end
@@ -178,6 +188,27 @@ class EngineLoop:
             self._wake.notify()
         return handle
 
+    def run(self, job: Callable[[], T]) -> Future[T]:
+        """Call ``job()`` on the engine thread between two decode steps (never during a
+        forward pass of generation: no steering hook is attached to the model then) and return
+        at once a ``Future`` of its result or exception. A job cancelled (``Future.cancel``)
+        before it starts never runs.
+
+        Raises ``Busy`` when ``max_waiting`` jobs are already waiting or the engine has
+        stopped; a job still waiting when the loop closes fails with ``Busy``.
+        """
+        future: Future[T] = Future()
+        with self._wake:
+            if self._stopping or not self._thread.is_alive():
+                raise Busy("the server is shutting down")
+            if len(self._jobs) >= self.max_waiting:
+                raise Busy(f"{len(self._jobs)} jobs are already waiting; try again shortly")
+            if not self._busy():
+                self._progress = time.monotonic()  # idle time is not a stall
+            self._jobs.append((job, future))
+            self._wake.notify()
+        return future
+
     def cancel(self, request_id: int) -> None:
         """Cancel a request: one still waiting ends at once and never runs; a running one
         leaves the batch before the next forward pass."""
@@ -199,7 +230,7 @@ class EngineLoop:
         requests and visitors waiting, and ``stalled_seconds``: how long the engine has made no
         progress (no admission, no step) while it had work (0 when idle)."""
         with self._wake:
-            waiting, visitors = self._waiting_count, len(self._waiting)
+            waiting, visitors, jobs = self._waiting_count, len(self._waiting), len(self._jobs)
             stalled = time.monotonic() - self._progress if self._busy() else 0.0
         running = len(self.engine.live)
         return {
@@ -207,6 +238,7 @@ class EngineLoop:
             "running_rows": running,
             "free_rows": max(0, self.engine.max_batch - running),
             "waiting": waiting,
+            "jobs_waiting": jobs,
             "visitors_waiting": visitors,
             "max_waiting": self.max_waiting,
             "stalled_seconds": round(stalled, 3),
@@ -221,7 +253,7 @@ class EngineLoop:
         self._end_all("cancelled")
 
     def _busy(self) -> bool:
-        return bool(self._waiting or self.engine.live or self._handles)
+        return bool(self._waiting or self.engine.live or self._handles or self._jobs)
 
     def _end_all(self, reason: str, error: BaseException | None = None) -> None:
         with self._wake:
@@ -232,6 +264,11 @@ class EngineLoop:
                 handle._end(reason, error)
             self._waiting.clear()
             self._waiting_count = 0
+            jobs, self._jobs = self._jobs, deque()
+        failure = Busy("the server is shutting down") if error is None else error
+        for _, future in jobs:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(failure)
 
     def _run(self) -> None:
         """The engine thread: admit what fits, step, hand out events, until ``close``."""
@@ -247,11 +284,15 @@ class EngineLoop:
         engine = self.engine
         while True:
             with self._wake:
-                while not (self._waiting or engine.live or self._stopping):
+                while not (self._waiting or engine.live or self._jobs or self._stopping):
                     self._wake.wait()
                 if self._stopping:
                     break
+                job = self._jobs.popleft() if self._jobs else None
                 admitted = self._take_waiting(engine.max_batch - len(engine.live))
+            if job is not None:  # between two steps: no steering hook is attached now
+                _run_job(*job)
+                self._progress = time.monotonic()
             self._handles.update((h.request.id, h) for h in admitted)
             events = self._admit(admitted) if admitted else []
             self._progress = time.monotonic()
@@ -326,6 +367,20 @@ class EngineLoop:
             row.request.cancelled = True
         self.engine.drop_finished()
         self._handles.clear()
+
+
+def _run_job(job: Callable[[], T], future: Future[T]) -> None:
+    """``job``'s result or exception into ``future``; nothing when it was cancelled first."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = job()
+    except BaseException as error:  # the job's caller gets it; the loop goes on
+        future.set_exception(error)
+        if not isinstance(error, Exception):
+            raise
+    else:
+        future.set_result(result)
 
 
 def _turn(request: Request) -> str:

@@ -1,10 +1,11 @@
 """What a generation request is, and how one is built from a chat.
 
-A ``Request`` has one ``Row`` (a reply) or two (an A/B compare: steered, then baseline); each
-row is its prompt's token ids and its steering plan. ``build_request`` renders the chat with
-the tokenizer's template, checks every bound and that the plan fits the model, and builds no
-tensors. It runs on the caller's thread (a server's request handler, never the engine's
-thread), so a bad request fails before it is queued and costs the batch nothing.
+A ``Request`` has one ``Row`` (a reply), two (an A/B compare: steered, then baseline) or one
+per plan of a strength sweep (``build_sweep_request``: one prompt, the steering at several
+multipliers); each row is its prompt's token ids and its steering plan. ``build_request``
+renders the chat with the tokenizer's template, checks every bound and that the plan fits the
+model, and builds no tensors. It runs on the caller's thread (a server's request handler, never
+the engine's thread), so a bad request fails before it is queued and costs the batch nothing.
 
 A running request yields ``Event`` values, one row's text delta each; ``collect`` gathers
 them into whole replies.
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .chat import Message, render_prompt
-from .errors import PromptTooLong
+from .errors import PromptTooLong, RequestError
 from .limits import Limits
 from .models import SteerableModel
 from .plan import SteeringPlan
@@ -91,6 +92,32 @@ def build_request(
     rows = [Row(encode_chat(model.tokenizer, messages, limits), active)]
     if compare:
         rows.append(Row(encode_chat(model.tokenizer, baseline_messages or messages, limits)))
+    return Request(tuple(rows), fit_to_context(sampling, rows, model.context_length))
+
+
+def build_sweep_request(
+    model: SteerableModel,
+    messages: Sequence[Message] | str,
+    plans: Sequence[SteeringPlan | None],
+    sampling: SamplingParams | None = None,
+    *,
+    limits: Limits = Limits(),
+) -> Request:
+    """A request with one row per plan (None or an empty plan: an unsteered row), every row a
+    reply to the same ``messages``: its rows share the sampling settings and random numbers, so
+    they differ only where their steering changes the distribution. Row ``i`` is the reply a
+    request with ``plans[i]`` alone and the same seed gets.
+
+    The caller bounds the number of rows (``Limits.max_sweep_rows``, ``max_batch``). Raises
+    ``RequestError``, ``PromptTooLong``, ``ChatError`` or ``PlanError`` as ``build_request``.
+    """
+    if not plans:
+        raise RequestError("a sweep needs at least one row", param="sweep")
+    sampling = (sampling or SamplingParams()).validate(limits)
+    for plan in plans:
+        model.check_plan(plan)
+    prompt = encode_chat(model.tokenizer, messages, limits)
+    rows = [Row(prompt, plan if plan is not None and not plan.is_empty else None) for plan in plans]
     return Request(tuple(rows), fit_to_context(sampling, rows, model.context_length))
 
 

@@ -12,7 +12,7 @@ from steering.engine import Engine
 from steering.errors import RequestError
 from steering.limits import Limits
 from steering.models import SteerableModel, find_layers
-from steering.requests import build_request
+from steering.requests import build_request, build_sweep_request
 from steering.sampling import SamplingParams
 
 VOCAB = 128  # the tiny models' vocabulary
@@ -278,3 +278,34 @@ def test_steering_is_prepared_once_per_admission_and_never_per_step(monkeypatch)
         engine.step()
     assert calls == [2, 3] and len(engine.live) == 2
     events.close()
+
+
+# ---- strength sweeps ----
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_sweep_rows_equal_solo_requests_at_each_strength(arch):
+    """Row i of a sweep is token for token the request steered at scales[i] alone with the
+    same seed: the rows share their random numbers, as a compare's do."""
+    engine = make_engine(arch)
+    base = strong_plan(value=6.0)
+    scales = [0.0, 1.0, 2.0, 4.0, 4.0]  # duplicates are allowed
+    plans = [base.scaled(s) for s in scales]
+    sweep = list(engine.stream(build_sweep_request(engine.model, "the cat", plans, SAMPLED)))
+    rows = [tokens(sweep, row=i) for i in range(len(scales))]
+    solo = [
+        tokens(engine.stream(make_request(engine, "the cat", plan, SAMPLED))) for plan in plans
+    ]
+    assert rows == solo
+    unsteered = tokens(engine.stream(make_request(engine, "the cat", None, SAMPLED)))
+    assert rows[0] == unsteered and len(unsteered) > 1
+    assert len({tuple(r) for r in rows}) >= 3  # the strengths really differ
+    assert rows[3] == rows[4]
+    assert count_hooks(engine.model.model) == 0
+
+
+def test_an_empty_sweep_is_refused():
+    engine = make_engine()
+    with pytest.raises(RequestError, match="at least one row") as caught:
+        build_sweep_request(engine.model, "the cat", [], SAMPLED)
+    assert caught.value.param == "sweep"

@@ -3,7 +3,7 @@
 The API and the page never touch an engine: they build a ``Request`` with
 ``steering.requests.build_request`` and hand it to a ``Backend``, which answers with an
 ``EventStream``. ``steering.loop.EngineLoop`` (this project's engine on a thread) is the
-backend today; another engine can serve the same API and page by implementing these four
+backend today; another engine can serve the same API and page by implementing these five
 methods and the stream.
 
 Contract:
@@ -17,6 +17,13 @@ Contract:
   raise the exception that failed the request. Iterating it (plainly or with ``async for``)
   and stopping early, or calling ``cancel()`` (idempotent), frees the request's rows. ``async
   for`` must not hold a thread while it waits: a cancelled reader leaves nothing behind.
+- ``run(job)`` calls ``job()`` (a function of no arguments that runs the model itself, e.g.
+  ``steering.activations.feature_activations``) where no generation step can run alongside it
+  and no steering hook is attached to the model (``EngineLoop``: on its engine thread, between
+  two decode steps), and returns at once a ``concurrent.futures.Future`` of its result or of
+  the exception it raised. It raises ``Busy`` when the backend cannot take more work; a job
+  waiting when the backend stops fails with ``Busy``. A job cancelled before it starts never
+  runs.
 - ``health()`` returns a JSON-able dict with at least ``engine_alive`` (bool), ``running_rows``
   and ``waiting``, and may add ``stalled_seconds`` (how long the backend has made no progress
   while it had work; ``/healthz`` answers "down" beyond ``Limits.max_stall_seconds``);
@@ -25,10 +32,13 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
 
 from ..requests import Event, Request
+
+T = TypeVar("T")
 
 
 class EventStream(Protocol):
@@ -54,6 +64,8 @@ class Backend(Protocol):
     def submit(self, request: Request) -> EventStream: ...
 
     def cancel(self, request_id: int) -> None: ...
+
+    def run(self, job: Callable[[], T]) -> Future[T]: ...
 
     def health(self) -> dict[str, Any]: ...
 

@@ -1,6 +1,6 @@
-"""The body of ``POST /v1/chat/completions``: its pydantic models, strict parsing and the
-checks that run before any work (chat size, stop strings), and its JSON Schema for
-``/openapi.json``.
+"""The bodies of ``POST /v1/chat/completions`` and ``POST /v1/activations``: their pydantic
+models, strict parsing and the checks that run before any work (chat size, stop strings), and
+their JSON Schemas for ``/openapi.json``.
 
 A field this server does not implement (``tools``, ``response_format``, ``n`` > 1, ...) or does
 not know is a 400 naming it, never silently ignored; ``null`` means the default.
@@ -121,6 +121,10 @@ class ChatRequest(BaseModel):
     """A preset object (the preset file format) or {"presets": [{"name", "scale"}]}."""
     compare: bool = False
     """Also generate the unsteered reply, with the same random numbers, as choices[1]."""
+    sweep: list[float] | None = None
+    """A strength sweep: one reply per multiplier of the steering's strengths (0: unsteered),
+    in order as choices[i] with "sweep_scale", all with the same random numbers. Needs a
+    steering; not with compare or n > 1."""
     top_k: int = 0
     """Keep the k most likely tokens (0: all)."""
     repetition_penalty: float = 1.0
@@ -128,10 +132,47 @@ class ChatRequest(BaseModel):
     """EOS and stop strings cannot end a reply before this many tokens."""
 
 
-def parse_chat_request(data: Any) -> ChatRequest:
+class ActivationsRequest(BaseModel):
+    """The body of ``POST /v1/activations``: a text or a chat (exactly one), and what to read
+    of it. Any other field is refused by name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str | None = None
+    """A text, read as the tokenizer reads it (with the BOS it adds itself, if any)."""
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    """A chat, rendered with the chat template; the last message may be the assistant's reply
+    (its first token is reply_start)."""
+    sae: str | None = Field(None, max_length=300)
+    """One of this server's SAEs, by its public reference (default: the first)."""
+    features: list[int] = Field(default_factory=list)
+    """Features whose activation to give at every token (at most max_edits)."""
+    top_k: int = 5
+    """How many of each token's strongest features to list (1..32)."""
+
+
+def parse_activations_request(data: Any) -> ActivationsRequest:
+    data = _json_object(data)
+    try:
+        body = ActivationsRequest.model_validate(
+            {k: v for k, v in data.items() if v is not None}  # null means the default
+        )
+    except ValidationError as e:
+        raise _validation_error(e) from None
+    if (body.text is None) == (body.messages is None):
+        message = "text, messages: give exactly one of them (a text, or a chat)"
+        raise ApiError(400, message, param="text", code="invalid_value")
+    return body
+
+
+def _json_object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         kind = JSON_KINDS.get(type(data), "a value")
         raise ApiError(400, f"the body must be a JSON object, not {kind}", code="invalid_json")
+    return data
+
+
+def parse_chat_request(data: Any) -> ChatRequest:
+    data = _json_object(data)
     for name in data.keys() & UNSUPPORTED.keys():
         if data[name] not in (None, [], {}):
             raise ApiError(
@@ -150,6 +191,13 @@ def parse_chat_request(data: Any) -> ChatRequest:
         if getattr(body, name) != 0:
             message = f"{name}: only 0 is implemented; use repetition_penalty"
             raise ApiError(400, message, param=name, code="unsupported_parameter")
+    if body.sweep is not None and (body.compare or body.n != 1):
+        other = "compare" if body.compare else "n > 1"
+        message = (
+            f"sweep: cannot be combined with {other}; a sweep answers one choice per "
+            "multiplier (multiplier 0 is the unsteered reply)"
+        )
+        raise ApiError(400, message, param="sweep", code="invalid_value")
     if body.n != 1:
         message = "n: only 1 is implemented; use compare for a second (unsteered) reply"
         raise ApiError(400, message, param="n", code="unsupported_parameter")
@@ -180,13 +228,22 @@ def _validation_error(error: ValidationError) -> ApiError:
     return ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value")
 
 
-def check_chat(body: ChatRequest, limits: Limits) -> None:
-    """The chat's size against ``limits``, before anything tokenizes it."""
-    if len(body.messages) > limits.max_messages:
-        message = f"messages: {len(body.messages)} messages, at most {limits.max_messages}"
+def check_chat(body: ChatRequest | ActivationsRequest, limits: Limits) -> None:
+    """The chat's (or the text's) size against ``limits``, before anything tokenizes it."""
+    if isinstance(body, ActivationsRequest) and body.text is not None:
+        chars = len(body.text)
+        if chars > limits.max_conversation_chars:
+            message = f"text: {chars} characters, at most {limits.max_conversation_chars}"
+            raise ApiError(
+                400, message + " (max_conversation_chars)", param="text", code="limit_exceeded"
+            )
+        return
+    messages = body.messages or []
+    if len(messages) > limits.max_messages:
+        message = f"messages: {len(messages)} messages, at most {limits.max_messages}"
         raise ApiError(400, message + " (max_messages)", param="messages", code="limit_exceeded")
     total = 0
-    for i, m in enumerate(body.messages):
+    for i, m in enumerate(messages):
         chars = len(m.text())
         total += chars
         if chars > limits.max_message_chars:
@@ -223,16 +280,19 @@ def check_stop(body: ChatRequest, limits: Limits) -> None:
 
 
 def openapi_schemas() -> dict[str, Any]:
-    """The request body's JSON Schemas, for ``components.schemas`` of ``/openapi.json``."""
+    """The request bodies' JSON Schemas, for ``components.schemas`` of ``/openapi.json``."""
     _, schema = models_json_schema(
-        [(ChatRequest, "validation")], ref_template="#/components/schemas/{model}"
+        [(ChatRequest, "validation"), (ActivationsRequest, "validation")],
+        ref_template="#/components/schemas/{model}",
     )
     return schema.get("$defs", {})
 
 
-REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatRequest"}}},
-    }
-}
+def request_body(model: str) -> dict[str, Any]:
+    """The ``openapi_extra`` of a route whose JSON body is the schema ``model``."""
+    schema = {"$ref": f"#/components/schemas/{model}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+REQUEST_BODY = request_body("ChatRequest")
+ACTIVATIONS_BODY = request_body("ActivationsRequest")

@@ -1,5 +1,6 @@
 """The answers of ``POST /v1/chat/completions``: a whole reply, or server-sent events, in
-OpenAI's shapes (choices, usage, per-token logprobs), built from a request's events."""
+OpenAI's shapes (choices, usage, per-token logprobs), built from a request's events. A sweep's
+choices (and each of their chunks) also carry their ``sweep_scale``."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ async def complete(
                 "message": {"role": "assistant", "content": c.text},
                 "finish_reason": c.finish,
                 "logprobs": {"content": c.logprobs} if body.logprobs else None,
+                **_sweep_scale(body, i),
             }
             for i, c in enumerate(choices)
         ],
@@ -90,7 +92,9 @@ async def _sse_events(
     rows = len(handle.request.rows)
     prompt, completion = [0] * rows, [0] * rows
     for i in range(rows):
-        yield _chunk(head, i, {"role": "assistant", "content": ""}, None)
+        yield _chunk(
+            head, i, {"role": "assistant", "content": ""}, None, extra=_sweep_scale(body, i)
+        )
     async for event in handle:  # leaving early (client gone) cancels the request
         prompt[event.row], completion[event.row] = event.prompt_tokens, event.completion_tokens
         ticket.tokens = sum(prompt) + sum(completion)
@@ -100,10 +104,11 @@ async def _sse_events(
         logprobs = None
         if body.logprobs and event.logprob is not None and event.token_id is not None:
             logprobs = {"content": [_logprob_entry(event, tokenizer)]}
+        extra = _sweep_scale(body, event.row)
         if event.delta or logprobs:
-            yield _chunk(head, event.row, {"content": event.delta}, None, logprobs)
+            yield _chunk(head, event.row, {"content": event.delta}, None, logprobs, extra)
         if event.finish_reason:
-            yield _chunk(head, event.row, {}, event.finish_reason)
+            yield _chunk(head, event.row, {}, event.finish_reason, extra=extra)
     if body.stream_options is not None and body.stream_options.include_usage:
         yield _data({**head, "choices": [], "usage": _usage(prompt, completion)})
     yield "data: [DONE]\n\n"
@@ -126,9 +131,15 @@ def _chunk(
     delta: dict[str, Any],
     finish: str | None,
     logprobs: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str:
     choice = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
-    return _data({**head, "choices": [choice]})
+    return _data({**head, "choices": [{**choice, **(extra or {})}]})
+
+
+def _sweep_scale(body: ChatRequest, row: int) -> dict[str, float]:
+    """``{"sweep_scale": m}`` for row ``row`` of a sweep; nothing for other requests."""
+    return {} if body.sweep is None else {"sweep_scale": body.sweep[row]}
 
 
 def _data(payload: dict[str, Any]) -> str:

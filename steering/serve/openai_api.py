@@ -1,5 +1,6 @@
 """The OpenAI-compatible API: ``POST /v1/chat/completions`` (plain and SSE), ``GET /v1/models``,
-and the extension ``GET /v1/presets``. ``GET /openapi.json`` documents it.
+and the extensions ``GET /v1/presets`` and ``POST /v1/activations`` (which SAE features fire at
+each token of a text or a chat, on the unsteered model). ``GET /openapi.json`` documents it.
 
 Extensions, sent by OpenAI clients through ``extra_body``:
 
@@ -7,6 +8,9 @@ Extensions, sent by OpenAI clients through ``extra_body``:
   "scale": ...}]}`` naming this server's presets. Only SAEs the server has loaded may be used.
 - ``compare: true``: also generate the unsteered reply in the same batch, with the same random
   numbers: ``choices[0]`` is steered, ``choices[1]`` the baseline.
+- ``sweep: [0, 1, 2, 4]``: a strength sweep, one reply per multiplier of the steering's
+  strengths in the same batch with the same random numbers: ``choices[i]`` (with
+  ``sweep_scale``) is the steering at ``sweep[i]``, 0 the unsteered reply.
 - ``top_k``, ``repetition_penalty``, ``min_tokens``: as vLLM's server names them.
 
 A preset is also a model name: ``/v1/models`` lists the model and ``MODEL:PRESET`` for each of
@@ -46,10 +50,12 @@ from .api_errors import INTERNAL_ERROR, ApiError, retry_after, shown
 from .backend import EventStream
 from .bodies import parse_json, read_body, require_json
 from .chat_request import (
+    ACTIVATIONS_BODY,
     REQUEST_BODY,
     ChatRequest,
     check_chat,
     check_stop,
+    parse_activations_request,
     parse_chat_request,
 )
 from .chat_response import complete, sse
@@ -66,6 +72,7 @@ ROUTES = (
     "GET /v1/models/{id}",
     "GET /v1/presets",
     "POST /v1/chat/completions",
+    "POST /v1/activations",
     "GET /openapi.json",
 )
 DISCONNECT_POLL_S = 0.5  # how often a plain (non-streaming) request checks its client is there
@@ -141,6 +148,19 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
             handle.cancel()
             ticket.release()
 
+    @router.post("/v1/activations", openapi_extra=ACTIVATIONS_BODY)
+    async def activations(request: Request) -> Any:
+        """Which SAE features fire at each token of a text or a chat, on the unsteered model."""
+        visitor = visitors.identify(request)
+        require_json(request)
+        ticket = visitors.admit(visitor)
+        try:
+            raw = await read_body(request, service.limits.max_body_bytes)
+            work = workers.run(_activations, service, raw, visitor, ticket)
+            return await _unless_client_leaves(request, work)
+        finally:
+            ticket.release()
+
     @router.api_route(
         "/v1",
         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
@@ -181,6 +201,45 @@ async def _prepare(
         for handle in submitted:
             handle.cancel()
         raise
+
+
+def _activations(service: Service, raw: bytes, visitor: str, ticket: Ticket) -> dict[str, Any]:
+    """The answer of ``POST /v1/activations`` (in a worker thread: it waits for the engine)."""
+    body = parse_activations_request(parse_json(raw))
+    check_chat(body, service.limits)
+    messages = [_message(m) for m in body.messages or []]
+    text = body.text if body.text is not None else messages
+    try:
+        ref, sae = service.offered_sae(body.sae)
+        found = service.activations(
+            text, ref, features=body.features, top_k=body.top_k, visitor=visitor
+        )
+    except Exception as e:
+        raise _as_api_error(e) from e
+    ticket.tokens = len(found.token_ids)
+    labels = sae.labels
+    tokens = [
+        {
+            "text": text,
+            "top": [
+                {"feature": f, "activation": a, "label": labels.get(f)} for f, a in found.top[t]
+            ],
+            "features": {str(f): values[t] for f, values in found.features.items()},
+        }
+        for t, text in enumerate(found.tokens)
+    ]
+    return {
+        "object": "activations",
+        "sae": ref,
+        "tokens": tokens,
+        "reply_start": found.reply_start,
+        "max_activation": {str(f): m for f, m in found.max_activation.items()},
+    }
+
+
+def _message(m: Any) -> dict[str, str]:
+    """A parsed chat message as the chat template takes it (``developer`` is ``system``)."""
+    return {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
 
 
 async def _unless_client_leaves(request: Request, work: Any) -> Any:
@@ -231,13 +290,15 @@ def _submit(
     service: Service, body: ChatRequest, visitor: str = ""
 ) -> tuple[EventStream, SteeringPlan, list[str]]:
     steering = _steering(service, body)
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in body.messages
-    ]
+    messages = [_message(m) for m in body.messages]
     try:
-        plan, warnings = service.plan(steering)
         sampling = _sampling(body, service.limits.default_new_tokens)
+        if body.sweep is not None:
+            plans, warnings = service.sweep_plans(steering, body.sweep)
+            handle = service.submit_rows(messages, plans, sampling, visitor=visitor)
+            plan = max(plans, key=lambda p: len(p.active_edits))
+            return handle, plan, warnings
+        plan, warnings = service.plan(steering)
         handle = service.submit(messages, plan, sampling, compare=body.compare, visitor=visitor)
     except Exception as e:
         length = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"

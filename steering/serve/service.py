@@ -3,21 +3,24 @@ SAEs that fit it, and the server's limits.
 
 Both turn a steering given over the network into a plan here (``Service.plan``), so the same
 rules (allow-listed SAEs, bounded values, bounded number of edits) apply to both; both build
-requests here (``Service.submit``) on their own thread, so a bad request never reaches the
-backend.
+requests here (``Service.submit``, ``Service.sweep``) on their own thread, so a bad request
+never reaches the backend. ``Service.activations`` reads which SAE features fire at each token
+of a text, on the unsteered model, through the backend (never alongside a steered step).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..activations import TokenActivations, chat_tokens, check_request, latents, summarize
 from ..chat import Message
 from ..engine import Engine
-from ..errors import LimitError, PresetError, SteeringError
+from ..errors import LimitError, PresetError, RequestError, SteeringError
 from ..limits import Limits
 from ..loop import EngineLoop
 from ..models import SteerableModel, short_name
@@ -26,7 +29,7 @@ from ..presets.library import PresetEntry, PresetRegistry
 from ..presets.saes import SAEResolver, declare_sae, is_server_path
 from ..presets.schema import NamedPresets, Preset, PresetSAE
 from ..presets.to_plan import check_fits, compose, plan_from_request
-from ..requests import build_request
+from ..requests import build_request, build_sweep_request
 from ..sae import SAE
 from ..sampling import SamplingParams
 from .backend import Backend, EventStream
@@ -126,14 +129,23 @@ class Service:
 
         Raises ``PresetError`` (unknown preset or SAE, a value over the limits) or
         ``LimitError`` (more than ``limits.max_edits`` edits)."""
+        return self._plan_at(steering, 1.0)
+
+    def _plan_at(self, steering: Steering, scale: float) -> tuple[SteeringPlan, list[str]]:
+        """``plan`` with every strength of ``steering`` times ``scale`` (0: no edits)."""
         if steering is None:
             return SteeringPlan.off(), []
         warnings: list[str] = []
         if isinstance(steering, NamedPresets):
-            plan = self._named_presets(steering)
+            plan = self._named_presets(steering, scale)
         else:
             plan, warnings = plan_from_request(
-                steering, self.model, self.resolver, limits=self.limits, served_as=self.model_id
+                steering,
+                self.model,
+                self.resolver,
+                scale=scale,
+                limits=self.limits,
+                served_as=self.model_id,
             )
         edits = len(plan.active_edits)
         if edits > self.limits.max_edits:
@@ -144,7 +156,7 @@ class Service:
             )
         return plan, warnings
 
-    def _named_presets(self, steering: NamedPresets) -> SteeringPlan:
+    def _named_presets(self, steering: NamedPresets, scale: float = 1.0) -> SteeringPlan:
         if len(steering.presets) > self.limits.max_edits:
             raise LimitError(
                 f"{len(steering.presets)} presets named, at most {self.limits.max_edits}",
@@ -154,7 +166,7 @@ class Service:
         for ref in steering.presets:
             entry = self.preset(ref.name)
             saes = self.resolver.resolve(entry.preset, base_dir=entry.base_dir)
-            applied.append((entry.preset, saes, ref.scale))
+            applied.append((entry.preset, saes, ref.scale * scale))
         return compose(applied, self.limits)
 
     # ---- generating ----
@@ -183,6 +195,154 @@ class Service:
         )
         request.visitor = visitor
         return self.backend.submit(request)
+
+    def sweep_plans(
+        self, steering: Steering, scales: Sequence[float]
+    ) -> tuple[list[SteeringPlan], list[str]]:
+        """The plans of a strength sweep: ``steering`` with every edit's strength times
+        ``scales[i]`` (0: an empty plan, the unsteered reply), and warnings to show.
+
+        Raises ``RequestError`` (param ``sweep``: no steering, no multiplier, one that is not a
+        finite number), ``LimitError`` (param ``sweep``: more than ``limits.max_sweep_rows`` or
+        ``max_batch`` multipliers, or one that takes a strength over ``max_multiple`` /
+        ``max_raw`` or a scale over the preset format's bound; the message names it), and the
+        errors of ``plan`` for the steering itself (unknown preset or SAE, a model it does not
+        fit)."""
+        if steering is None:
+            raise RequestError("sweep: needs a steering whose strengths it scales", param="sweep")
+        scales = list(scales)
+        if not scales:
+            raise RequestError(
+                "sweep: give at least one multiplier, e.g. [0, 1, 2, 4, 8, 16]", param="sweep"
+            )
+        limits = self.limits
+        if len(scales) > limits.max_sweep_rows:
+            raise LimitError(
+                f"sweep: {len(scales)} multipliers, at most {limits.max_sweep_rows} "
+                "(max_sweep_rows)",
+                param="sweep",
+            )
+        if len(scales) > limits.max_batch:
+            raise LimitError(
+                f"sweep: {len(scales)} multipliers are {len(scales)} rows, but this server "
+                f"decodes at most {limits.max_batch} rows together (max_batch)",
+                param="sweep",
+            )
+        for i, scale in enumerate(scales):
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+                raise RequestError(f"sweep.{i}: {scale!r} is not a number", param="sweep")
+            if not math.isfinite(scale):
+                raise RequestError(f"sweep.{i}: {scale!r} is not a finite number", param="sweep")
+        _, warnings = self._plan_at(steering, 0.0)  # the steering itself, at no strength
+        plans = []
+        for i, scale in enumerate(scales):
+            try:
+                plan, _ = self._plan_at(steering, float(scale))
+            except (PresetError, LimitError) as e:
+                why = "; ".join(e.problems) if isinstance(e, PresetError) else str(e)
+                raise LimitError(f"sweep.{i}: multiplier {scale:g}: {why}", param="sweep") from e
+            plans.append(plan)
+        return plans, warnings
+
+    def sweep(
+        self,
+        messages: Sequence[Message],
+        steering: Steering,
+        scales: Sequence[float],
+        sampling: SamplingParams,
+        *,
+        visitor: str = "",
+    ) -> EventStream:
+        """Queue a strength sweep for ``visitor``: one reply to ``messages`` per multiplier,
+        row ``i`` (``Event.row``) steered by ``steering`` with every edit's strength times
+        ``scales[i]`` (0: the unsteered reply). The rows are one request: they share
+        ``sampling`` and its random numbers, so row ``i`` is token for token the reply a
+        request steered at ``scales[i]`` alone with the same seed gets, and the rows differ
+        only where the strength changes the distribution.
+
+        Built on the caller's thread: raises the errors of ``sweep_plans`` (bad multipliers,
+        too many), ``RequestError``, ``ChatError``, ``PromptTooLong``, ``PlanError`` as
+        ``submit`` does, or ``Busy``, before anything runs."""
+        plans, _ = self.sweep_plans(steering, scales)
+        return self.submit_rows(messages, plans, sampling, visitor=visitor)
+
+    def submit_rows(
+        self,
+        messages: Sequence[Message],
+        plans: Sequence[SteeringPlan | None],
+        sampling: SamplingParams,
+        *,
+        visitor: str = "",
+    ) -> EventStream:
+        """Queue one reply to ``messages`` per plan (row ``i`` steered by ``plans[i]``), as
+        one request whose rows share ``sampling`` and its random numbers; raises
+        ``LimitError`` beyond ``limits.max_batch`` rows, and the errors of ``submit``."""
+        if len(plans) > self.limits.max_batch:
+            raise LimitError(
+                f"{len(plans)} rows, but this server decodes at most {self.limits.max_batch} "
+                "rows together (max_batch)",
+                param="sweep",
+            )
+        request = build_sweep_request(self.model, messages, plans, sampling, limits=self.limits)
+        request.visitor = visitor
+        return self.backend.submit(request)
+
+    # ---- what lights up ----
+
+    def activations(
+        self,
+        messages_or_text: Sequence[Message] | str,
+        sae_ref: str | None = None,
+        *,
+        features: Sequence[int] = (),
+        top_k: int = 5,
+        visitor: str = "",
+    ) -> TokenActivations:
+        """Which features of the SAE offered as ``sae_ref`` (default: the first of ``saes``)
+        fire at each token of a text or a chat, on the unsteered model, with the activation of
+        each of ``features`` at every token (see ``steering.activations.TokenActivations``:
+        raw activation units, ``max_activation`` for fractions, ``reply_start`` where a chat's
+        last assistant message starts).
+
+        The text and the bounds are checked on the caller's thread; the forward pass runs on
+        the backend (``Backend.run``: never alongside a steered step), and this call waits for
+        it. ``visitor`` names who asks, as for ``submit``.
+
+        Raises ``RequestError`` (``sae``: not an SAE of this server, naming the valid ones;
+        ``top_k`` outside 1..32; ``features``: an index outside 0..d_sae-1), ``LimitError``
+        (more than ``limits.max_edits`` features), ``PromptTooLong`` (more tokens than
+        ``limits.max_prompt_tokens`` or the model's context), ``ChatError`` or ``Busy``."""
+        _, sae = self.offered_sae(sae_ref)
+        features = list(features)
+        if len(features) > self.limits.max_edits:
+            raise LimitError(
+                f"features: {len(features)} features, at most {self.limits.max_edits} (max_edits)",
+                param="features",
+            )
+        ids, reply_start = chat_tokens(
+            self.model.tokenizer, messages_or_text, self.limits, self.model.context_length
+        )
+        check_request(sae, len(ids), features, top_k)
+        log.debug("activations for %s: %d tokens", visitor or "anonymous", len(ids))
+        found = self.backend.run(
+            lambda: latents(self.model, sae, ids, features=features, top_k=top_k)
+        ).result()
+        return summarize(self.model.tokenizer, ids, found, sae, reply_start)
+
+    def offered_sae(self, ref: str | None = None) -> tuple[str, SAE]:
+        """The public reference and the SAE offered under ``ref`` (None: the first of
+        ``saes``); ``RequestError`` (param ``sae``) naming the offered ones otherwise."""
+        if not self.saes:
+            raise RequestError("sae: this server has no SAE loaded", param="sae")
+        if ref is None:
+            return next(iter(self.saes.items()))
+        sae = self.saes.get(ref.strip())
+        if sae is None:
+            raise RequestError(
+                f"sae: {ref!r} is not an SAE of this server; use one of {list(self.saes)}",
+                param="sae",
+            )
+        return ref.strip(), sae
 
     def health(self) -> dict[str, Any]:
         """The backend's health, and the model served."""

@@ -306,3 +306,164 @@ def test_unknown_routes_and_the_openapi_document(server, client):
     fields = schema["components"]["schemas"]["ChatRequest"]["properties"]
     assert {"messages", "steering", "compare", "logprobs"} <= set(fields)
     assert set(schema["paths"]) >= {"/v1/models", "/v1/presets", "/healthz"}
+
+
+# ---- strength sweeps ----
+
+SWEEP_SAMPLING = {"temperature": 0.9, "top_p": 0.95, "max_tokens": 12, "seed": 2}
+
+
+def test_a_sweep_answers_each_multiplier_as_its_own_request_would(client):
+    scales = [0, 0.5, 1, 2]
+    reply = client.chat.completions.create(
+        model="tiny-llama",
+        messages=PROMPT,
+        **SWEEP_SAMPLING,
+        extra_body={**named(1.0), "sweep": scales},
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    assert [c.model_extra["sweep_scale"] for c in reply.choices] == scales
+    texts = [c.message.content for c in reply.choices]
+    for scale, text in zip(scales, texts):
+        alone = client.chat.completions.create(
+            model="tiny-llama", messages=PROMPT, **SWEEP_SAMPLING, extra_body=named(scale)
+        )
+        assert alone.choices[0].message.content == text
+    plain = client.chat.completions.create(model="tiny-llama", messages=PROMPT, **SWEEP_SAMPLING)
+    assert texts[0] == plain.choices[0].message.content
+    assert len(set(texts)) >= 3  # the strengths really differ
+    assert reply.usage.completion_tokens == 4 * 12
+    assert reply.model_extra["steering"]["edits"] == 1
+
+
+def test_a_streaming_sweep_reassembles_to_the_plain_answer(client):
+    kwargs = dict(
+        model="tiny-llama:golden-gate-bridge",  # the preset a model name applies sweeps too
+        messages=PROMPT,
+        **SWEEP_SAMPLING,
+        extra_body={"sweep": [4, 0, 1]},
+    )
+    whole = client.chat.completions.create(**kwargs)
+    texts, scales, finishes = ["", "", ""], {}, {}
+    for chunk in client.chat.completions.create(**kwargs, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            scales.setdefault(choice.index, set()).add(choice.model_extra["sweep_scale"])
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == [c.message.content for c in whole.choices]
+    assert scales == {0: {4}, 1: {0}, 2: {1}} and finishes == {
+        0: "length",
+        1: "length",
+        2: "length",
+    }
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (
+            {**named(1.0), "sweep": list(range(9))},
+            "sweep: 9 multipliers, at most 8 (max_sweep_rows)",
+        ),
+        ({**named(1.0), "sweep": [1, 6]}, "sweep.1: multiplier 6: Golden Gate Bridge: edits.0"),
+        ({**named(1.0), "sweep": [-6]}, "over this server's limit of 50"),
+        ({**named(1.0), "sweep": []}, "sweep: give at least one multiplier"),
+        ({"sweep": [0, 1]}, "sweep: needs a steering"),
+        ({**named(1.0), "sweep": [0, 1], "compare": True}, "combined with compare"),
+        ({**named(1.0), "sweep": [0, 1], "n": 2}, "combined with n > 1"),
+    ],
+)
+def test_bad_sweeps_are_a_400_naming_the_value(server, extra, words):
+    body = {"model": "tiny-llama", "messages": PROMPT, "max_tokens": 2, **extra}
+    answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["param"] == "sweep"
+    assert words in error["message"]
+
+
+def test_a_sweep_of_nan_is_not_json(server):
+    body = b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], '
+    body += b'"steering": {"presets": [{"name": "Golden Gate Bridge"}]}, "sweep": [1, NaN]}'
+    answer = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 400 and "NaN is not a number JSON allows" in answer.text
+
+
+# ---- what lights up ----
+
+
+def activations(server, **body) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/activations", json=body, timeout=30)
+
+
+def test_activations_of_a_chat_are_the_services_own(server):
+    chat = [*PROMPT, {"role": "assistant", "content": "the golden gate bridge"}]
+    answer = activations(server, messages=chat, sae="tiny-sae", features=[FEATURE, 5], top_k=3)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    found = server.service.activations(chat, "tiny-sae", features=[FEATURE, 5], top_k=3)
+    assert data["sae"] == "tiny-sae" and data["reply_start"] == found.reply_start > 0
+    assert [t["text"] for t in data["tokens"]] == list(found.tokens)
+    _, sae = server.service.offered_sae("tiny-sae")
+    for token, top, t in zip(data["tokens"], found.top, range(len(found.tokens))):
+        assert [(e["feature"], e["activation"]) for e in token["top"]] == list(top)
+        assert [e["label"] for e in token["top"]] == [sae.labels.get(f) for f, _ in top]
+        assert token["features"] == {
+            str(FEATURE): found.features[FEATURE][t],
+            "5": found.features[5][t],
+        }
+    assert data["max_activation"] == {str(f): m for f, m in found.max_activation.items()}
+    text = "".join(t["text"] for t in data["tokens"][data["reply_start"] :])
+    assert text.strip() == "the golden gate bridge"
+    plain = activations(server, text="the golden gate bridge").json()  # the first SAE by default
+    assert plain["sae"] == "tiny-sae" and plain["reply_start"] is None
+    assert "".join(t["text"] for t in plain["tokens"]) == "the golden gate bridge"
+
+
+@pytest.mark.parametrize(
+    "body, param, words",
+    [
+        (
+            {"text": "hi", "sae": "/etc/sae"},
+            "sae",
+            "'/etc/sae' is not an SAE of this server; use one of ['tiny-sae']",
+        ),
+        (
+            {"text": "hi", "features": [32]},
+            "features",
+            "32 is not a feature of this SAE (valid: 0..31)",
+        ),
+        (
+            {"text": "hi", "features": [1, 2, 3, 4, 5]},
+            "features",
+            "5 features, at most 4 (max_edits)",
+        ),
+        ({"text": "hi", "top_k": 0}, "top_k", "top_k: 0 must be an integer in 1..32"),
+        ({"text": "hi", "top_k": 33}, "top_k", "top_k: 33"),
+        ({"text": "cat " * 300}, "text", "text: 300 tokens, at most 256"),
+        ({"text": "hi", "messages": PROMPT}, "text", "give exactly one of them"),
+        ({}, "text", "give exactly one of them"),
+        ({"text": "hi", "model": "x"}, "model", "unrecognized request argument"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages", "must follow a user"),
+        ({"text": "a" * 70_000}, "text", "70000 characters, at most 65536"),
+    ],
+)
+def test_activation_bounds_are_a_400_naming_the_value(server, body, param, words):
+    answer = activations(server, **body)
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["param"] == param, error
+    assert words in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+def test_activations_are_in_the_openapi_document(server):
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    body = schema["paths"]["/v1/activations"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("/ActivationsRequest")
+    fields = schema["components"]["schemas"]["ActivationsRequest"]["properties"]
+    assert set(fields) == {"text", "messages", "sae", "features", "top_k"}
+    assert "sweep" in schema["components"]["schemas"]["ChatRequest"]["properties"]

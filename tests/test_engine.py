@@ -293,9 +293,7 @@ def test_sweep_rows_equal_solo_requests_at_each_strength(arch):
     plans = [base.scaled(s) for s in scales]
     sweep = list(engine.stream(build_sweep_request(engine.model, "the cat", plans, SAMPLED)))
     rows = [tokens(sweep, row=i) for i in range(len(scales))]
-    solo = [
-        tokens(engine.stream(make_request(engine, "the cat", plan, SAMPLED))) for plan in plans
-    ]
+    solo = [tokens(engine.stream(make_request(engine, "the cat", plan, SAMPLED))) for plan in plans]
     assert rows == solo
     unsteered = tokens(engine.stream(make_request(engine, "the cat", None, SAMPLED)))
     assert rows[0] == unsteered and len(unsteered) > 1

@@ -122,3 +122,57 @@ def test_a_slow_reader_takes_what_piled_up_in_one_batch():
     events = first + rest[0]
     assert tokens(events) == solo
     assert sorted(e.row for e in events if e.finish_reason) == [0, 1]
+
+
+# ---- jobs between steps ----
+
+
+def test_jobs_run_on_the_engine_thread_and_their_errors_stay_theirs():
+    engine = make_engine()
+    loop = EngineLoop(engine)
+    params = SamplingParams(temperature=0.8, max_new_tokens=12, seed=3)
+    solo = tokens(engine.stream(make_request(engine, "the cat", plan_for(1), params)))
+    handle = loop.submit(make_request(engine, "the cat", plan_for(1), params))
+    names = loop.run(lambda: threading.current_thread().name)
+    failing = loop.run(lambda: 1 // 0)
+    assert names.result(timeout=30) == "steering-engine"
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=30)
+    assert tokens(list(handle)) == solo  # the request went on, unchanged
+    assert loop.run(lambda: 7).result(timeout=30) == 7 and loop.health()["engine_alive"]
+    loop.close()
+
+
+def test_waiting_jobs_are_bounded_cancellable_and_fail_busy_on_close():
+    engine = make_engine()
+    loop = EngineLoop(engine, max_waiting=2)
+    release = threading.Event()
+    ran = []
+    blocker = loop.run(release.wait)  # holds the engine thread
+    while not blocker.running():
+        threading.Event().wait(0.01)
+    cancelled = loop.run(lambda: ran.append("cancelled"))
+    waiting = loop.run(lambda: ran.append("waiting"))
+    with pytest.raises(Busy, match="2 jobs are already waiting"):
+        loop.run(lambda: None)
+    assert loop.health()["jobs_waiting"] == 2
+    assert cancelled.cancel()
+    release.set()
+    waiting.result(timeout=30)
+    assert ran == ["waiting"]  # the cancelled job never ran
+    release.clear()
+    blocker = loop.run(release.wait)
+    while not blocker.running():
+        threading.Event().wait(0.01)
+    late = loop.run(lambda: ran.append("late"))
+    closing = threading.Thread(target=loop.close)
+    closing.start()
+    while loop.health()["engine_alive"]:  # close has begun: no later job may start
+        threading.Event().wait(0.01)
+    release.set()
+    closing.join(timeout=60)
+    with pytest.raises(Busy, match="shutting down"):
+        late.result(timeout=30)
+    with pytest.raises(Busy, match="shutting down"):
+        loop.run(lambda: None)
+    assert ran == ["waiting"]

@@ -8,8 +8,8 @@ hook point: the layers after it never run.
 It runs the model, so on a server it must run where no generation step runs alongside it: a
 steering hook attached for a step would also edit this pass. ``Service.activations`` hands it
 to the backend (``Backend.run``), which runs it between two decode steps. The work is split
-for that: ``latents`` (the forward pass, on the model's thread) and ``summarize`` (token texts
-and Python numbers, on the caller's).
+for that (``ActivationProbe``): ``latents`` (the forward pass, on the model's thread) and
+``summarize`` (token texts and Python numbers, on the caller's).
 
 ``chat_tokens`` gives the token ids of a text or a chat whose last message may be the
 assistant's reply, and where that reply starts.
@@ -75,6 +75,28 @@ class Latents:
     top_indices: Tensor
     columns: Tensor
     features: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ActivationProbe:
+    """A checked request for activations, split where it runs: ``run`` runs the model (hand
+    it to ``Backend.run``), ``result`` turns what it found into ``TokenActivations`` (no model
+    work: on the caller's thread)."""
+
+    model: SteerableModel
+    sae: SAE
+    token_ids: tuple[int, ...]
+    features: tuple[int, ...] = ()
+    top_k: int = 5
+    reply_start: int | None = None
+
+    def run(self) -> Latents:
+        return latents(
+            self.model, self.sae, self.token_ids, features=self.features, top_k=self.top_k
+        )
+
+    def result(self, found: Latents) -> TokenActivations:
+        return summarize(self.model.tokenizer, self.token_ids, found, self.sae, self.reply_start)
 
 
 def feature_activations(

@@ -467,3 +467,25 @@ def test_activations_are_in_the_openapi_document(server):
     fields = schema["components"]["schemas"]["ActivationsRequest"]["properties"]
     assert set(fields) == {"text", "messages", "sae", "features", "top_k"}
     assert "sweep" in schema["components"]["schemas"]["ChatRequest"]["properties"]
+
+
+def test_activations_asked_during_a_steered_stream_are_the_unsteered_ones(server, client):
+    """The preset clamps a feature of the SAE read here, at its hook point: a probe that saw
+    the stream's steering would read other activations. Neither answer changes the other."""
+    body = {"text": "the golden gate bridge is big", "features": [FEATURE], "top_k": 5}
+    before = activations(server, **body).json()
+    kwargs = dict(
+        model="tiny-llama",
+        messages=PROMPT,
+        temperature=0.9,
+        seed=5,
+        max_tokens=64,
+        extra_body={**named(1.0), "min_tokens": 64},
+    )
+    alone = client.chat.completions.create(**kwargs).choices[0].message.content
+    text, during = "", []
+    for chunk in client.chat.completions.create(**kwargs, stream=True):
+        text += "".join(c.delta.content or "" for c in chunk.choices)
+        if text and len(during) < 3:
+            during.append(activations(server, **body).json())
+    assert during == [before] * 3 and text == alone

@@ -2,9 +2,11 @@
 
 - ``backend``: the one interface between the server and generation;
 - ``service``: the model, its presets and SAEs, the limits, and the backend;
-- ``openai_api``: the routes ``/v1/chat/completions``, ``/v1/models``, ``/v1/presets``;
+- ``openai_api``: the routes ``/v1/chat/completions``, ``/v1/models``, ``/v1/presets``,
+  ``/v1/activations``;
 - ``chat_request`` / ``chat_response``: a chat completion's body (parsed strictly, checked before
-  any work) and its answers (whole, or server-sent events, with logprobs);
+  any work; also the activations body) and its answers (whole, or server-sent events, with
+  logprobs; a sweep's choices with their ``sweep_scale``);
 - ``api_errors``: OpenAI's error shape, with what it echoes cut short;
 - ``bodies``: reading a body within bounds (media type, size, time, depth) before any work;
 - ``visitors``: who a request comes from, per-visitor rate limits and requests in flight;
@@ -15,6 +17,7 @@ This package is the page's (``ui``) view of the server: ``ui`` imports from here
 public ``steering`` API only.
 """
 
+from ..activations import TokenActivations
 from ..chat import flatten_content
 from ..errors import Busy, ChatError, PresetError, SteeringError
 from ..limits import Limits
@@ -36,6 +39,7 @@ __all__ = [
     "SamplingParams",
     "Service",
     "SteeringError",
+    "TokenActivations",
     "dump_preset",
     "flatten_content",
     "parse_preset",

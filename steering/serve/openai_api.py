@@ -40,11 +40,13 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
+from ..activations import ActivationProbe, TokenActivations
 from ..errors import Busy, LimitError, PromptTooLong, SteeringError
 from ..plan import SteeringPlan
 from ..presets.library import PresetEntry
 from ..presets.saes import is_server_path
 from ..presets.schema import NamedPresets, Preset, PresetRef
+from ..sae import SAE
 from ..sampling import SamplingParams
 from .api_errors import INTERNAL_ERROR, ApiError, retry_after, shown
 from .backend import EventStream
@@ -156,7 +158,7 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
         ticket = visitors.admit(visitor)
         try:
             raw = await read_body(request, service.limits.max_body_bytes)
-            work = workers.run(_activations, service, raw, visitor, ticket)
+            work = _activations(service, workers, raw, visitor, ticket)
             return await _unless_client_leaves(request, work)
         finally:
             ticket.release()
@@ -203,20 +205,44 @@ async def _prepare(
         raise
 
 
-def _activations(service: Service, raw: bytes, visitor: str, ticket: Ticket) -> dict[str, Any]:
-    """The answer of ``POST /v1/activations`` (in a worker thread: it waits for the engine)."""
-    body = parse_activations_request(parse_json(raw))
-    check_chat(body, service.limits)
-    messages = [_message(m) for m in body.messages or []]
-    text = body.text if body.text is not None else messages
+async def _activations(
+    service: Service, workers: Workers, raw: bytes, visitor: str, ticket: Ticket
+) -> dict[str, Any]:
+    """The answer of ``POST /v1/activations``: checked and tokenized in a worker thread, run
+    by the backend between two decode steps (awaited on the event loop, holding no thread; a
+    client that leaves first cancels it), and written out in a worker thread."""
+
+    def prepare() -> tuple[str, SAE, ActivationProbe]:
+        body = parse_activations_request(parse_json(raw))
+        check_chat(body, service.limits)
+        messages = [_message(m) for m in body.messages or []]
+        text = body.text if body.text is not None else messages
+        try:
+            ref, sae = service.offered_sae(body.sae)
+            probe = service.activation_probe(
+                text, ref, features=body.features, top_k=body.top_k, visitor=visitor
+            )
+        except Exception as e:
+            raise _as_api_error(e) from e
+        return ref, sae, probe
+
+    ref, sae, probe = await workers.run(prepare)
     try:
-        ref, sae = service.offered_sae(body.sae)
-        found = service.activations(
-            text, ref, features=body.features, top_k=body.top_k, visitor=visitor
-        )
+        future = service.backend.run(probe.run)
     except Exception as e:
         raise _as_api_error(e) from e
-    ticket.tokens = len(found.token_ids)
+    try:
+        found = await asyncio.wait_for(
+            asyncio.wrap_future(future), timeout=service.limits.max_stall_seconds
+        )
+    except TimeoutError:
+        busy = Busy(f"the engine did not get to it within {service.limits.max_stall_seconds:g} s")
+        raise _as_api_error(busy) from None
+    ticket.tokens = len(probe.token_ids)
+    return await workers.run(lambda: _activations_answer(ref, sae, probe.result(found)))
+
+
+def _activations_answer(ref: str, sae: SAE, found: TokenActivations) -> dict[str, Any]:
     labels = sae.labels
     tokens = [
         {

@@ -14,13 +14,14 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-from ..activations import TokenActivations, chat_tokens, check_request, latents, summarize
+from ..activations import ActivationProbe, TokenActivations, chat_tokens, check_request
 from ..chat import Message
 from ..engine import Engine
-from ..errors import LimitError, PresetError, RequestError, SteeringError
+from ..errors import Busy, LimitError, PresetError, RequestError, SteeringError
 from ..limits import Limits
 from ..loop import EngineLoop
 from ..models import SteerableModel, short_name
@@ -306,12 +307,40 @@ class Service:
 
         The text and the bounds are checked on the caller's thread; the forward pass runs on
         the backend (``Backend.run``: never alongside a steered step), and this call waits for
-        it. ``visitor`` names who asks, as for ``submit``.
+        it, at most ``limits.max_stall_seconds``. ``visitor`` names who asks, as for ``submit``.
+
+        Raises the errors of ``activation_probe``, or ``Busy`` (the backend is full, or did not
+        get to it in time)."""
+        probe = self.activation_probe(
+            messages_or_text, sae_ref, features=features, top_k=top_k, visitor=visitor
+        )
+        future = self.backend.run(probe.run)
+        try:
+            found = future.result(timeout=self.limits.max_stall_seconds)
+        except FutureTimeout:
+            future.cancel()
+            raise Busy(
+                f"the engine did not get to it within {self.limits.max_stall_seconds:g} s"
+            ) from None
+        return probe.result(found)
+
+    def activation_probe(
+        self,
+        messages_or_text: Sequence[Message] | str,
+        sae_ref: str | None = None,
+        *,
+        features: Sequence[int] = (),
+        top_k: int = 5,
+        visitor: str = "",
+    ) -> ActivationProbe:
+        """``activations`` checked and tokenized, not run: hand ``probe.run`` to
+        ``backend.run`` and give its result to ``probe.result`` (the API does so without
+        holding a thread while it waits).
 
         Raises ``RequestError`` (``sae``: not an SAE of this server, naming the valid ones;
         ``top_k`` outside 1..32; ``features``: an index outside 0..d_sae-1), ``LimitError``
         (more than ``limits.max_edits`` features), ``PromptTooLong`` (more tokens than
-        ``limits.max_prompt_tokens`` or the model's context), ``ChatError`` or ``Busy``."""
+        ``limits.max_prompt_tokens`` or the model's context, naming both) or ``ChatError``."""
         _, sae = self.offered_sae(sae_ref)
         features = list(features)
         if len(features) > self.limits.max_edits:
@@ -324,10 +353,7 @@ class Service:
         )
         check_request(sae, len(ids), features, top_k)
         log.debug("activations for %s: %d tokens", visitor or "anonymous", len(ids))
-        found = self.backend.run(
-            lambda: latents(self.model, sae, ids, features=features, top_k=top_k)
-        ).result()
-        return summarize(self.model.tokenizer, ids, found, sae, reply_start)
+        return ActivationProbe(self.model, sae, tuple(ids), tuple(features), top_k, reply_start)
 
     def offered_sae(self, ref: str | None = None) -> tuple[str, SAE]:
         """The public reference and the SAE offered under ``ref`` (None: the first of

@@ -144,7 +144,7 @@ class Handlers:
         if any((r.ref, r.feature) == (ref, feature) for r in rows):
             return rows, layout, f"Feature #{feature} is already in the steering.", skip
         rows = [*rows, row]
-        status = f"Added **{row.label}** (#{feature}); change its strength or scope below."
+        status = f"Added **{row.label}** (#{feature}); set its strength and scope on its card."
         return rows, relayout(layout, rows), status, CUSTOM
 
     def parse_choice(self, choice: str) -> tuple[str, int]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import socket
-import threading
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,34 +32,24 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def take(out: Path, chromium: str = CHROMIUM) -> list[Path]:
-    """Serve the defaults, chat once per size, and save one PNG per size in ``out``."""
-    import uvicorn
+    """Serve the defaults (``steering serve``, as a visitor gets it), chat once per size with
+    the first prompt the page suggests, and save one PNG per size in ``out``."""
     from playwright.sync_api import sync_playwright
 
-    from steering.serve import about
-    from steering.serve.app import ServeConfig, create_app, load_service
-
-    service = load_service(ServeConfig())
-    prompt = about(service).suggested_prompts[0]
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
+    url = f"http://127.0.0.1:{port}/"
+    command = [sys.executable, "-m", "steering", "serve", "--host", "127.0.0.1"]
+    server = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.DEVNULL)
     saved = []
     try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
+        _wait_until_up(url, server)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True)
             for name, (width, height) in SIZES.items():
                 page = browser.new_page(viewport={"width": width, "height": height})
-                page.goto(f"http://127.0.0.1:{port}/")
+                page.goto(url)
                 page.locator("#msg textarea").wait_for(timeout=TIMEOUT_MS)
-                page.locator("#msg textarea").fill(prompt)
+                page.locator("#try button").first.click()  # the first suggested prompt
                 page.locator("#send").click()
                 page.wait_for_function(
                     "() => Number(document.body.dataset.replies || 0) > 0", timeout=TIMEOUT_MS
@@ -69,10 +61,23 @@ def take(out: Path, chromium: str = CHROMIUM) -> list[Path]:
                 page.close()
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        service.close()
+        server.terminate()
+        server.wait(timeout=30)
     return saved
+
+
+def _wait_until_up(url: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"steering serve exited with status {server.returncode}")
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("steering serve did not answer in time")
 
 
 def _free_port() -> int:

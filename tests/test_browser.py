@@ -203,6 +203,8 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     page.wait_for_function("document.querySelector('#share_link textarea').value.includes('?')")
     url = link.input_value()
     assert "steering=" in url
+    shown = "(t) => t.scrollHeight <= t.clientHeight + 1"
+    assert link.evaluate(shown), "the share link's box cuts the link"
     fresh = open_page(browser, url)
     fresh.wait_for_function("document.querySelector('#feature-0 input[type=number]')?.value == '6'")
     assert "share link: 1 feature." in fresh.locator("#status").inner_text()

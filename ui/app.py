@@ -67,7 +67,7 @@ CSS = """
 .feature-contexts mark { background: #fde68a; color: #111; border-radius: 3px; padding: 0 2px; }
 .feature-controls { flex-wrap: nowrap; align-items: center; gap: 6px; }
 .feature-scope { min-width: 0 !important; flex: 1 1 auto; }
-#share_link textarea { overflow-y: auto; }
+#share_link textarea { overflow-y: auto; word-break: break-all; }
 """
 EXPLANATION = """
 **What is steering?** A sparse autoencoder (SAE) splits the model's internal activations into
@@ -120,7 +120,7 @@ def _chat_column(h: Handlers) -> dict[str, Any]:
         # which limit a message is over, and by how much.
         msg = gr.Textbox(
             show_label=False,
-            placeholder="Say something…",
+            placeholder=f"Say something… (up to {h.max_chars:,} characters)",
             elem_id="msg",
             scale=5,
             min_width=0,
@@ -194,7 +194,7 @@ def _steering_column(
     preset_text = gr.Textbox(visible=False, elem_id="preset_text")
     late.update(status=status, preset=preset)
     link = gr.Textbox(
-        label="Share link", elem_id="share_link", buttons=["copy"], lines=1, max_lines=8
+        label="Share link", elem_id="share_link", buttons=["copy"], lines=1, max_lines=30
     )
     return dict(
         preset=preset,

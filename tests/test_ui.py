@@ -127,7 +127,12 @@ def test_add_by_label_or_index_and_remove(handlers):
     rows, layout, _, _ = handlers.add("7", rows, layout)
     assert [r.feature for r in rows] == [5, 7]
     _, _, message, _ = handlers.add("99", rows, layout)
-    assert "out of range" in message
+    assert (
+        message
+        == "Cannot add that feature: there is no feature #99: this SAE has features 0 to 31."
+    )
+    _, _, message, _ = handlers.add("elsewhere#3", rows, layout)
+    assert message.endswith("this server has no such SAE; it has tiny-sae.")
     rows, layout, _, box = handlers.remove(rows, layout, 0)
     assert [r.feature for r in rows] == [7] and layout["rows"] == rows and box == CUSTOM
     rows, layout, _, box = handlers.remove(rows, layout, 0)
@@ -143,6 +148,29 @@ def test_an_added_feature_steers_as_the_presets_of_its_sae_do(handlers):
     rows = handlers.set_scope(rows, 0, "your words only")
     assert (rows[0].positions, rows[0].skip_special_tokens) == ("prompt", True)
     assert handlers.set_scope(rows, 0, "somewhere else") == rows
+
+
+def test_a_card_shows_the_feature_and_its_top_contexts_escaped(handlers):
+    from steering.serve import FeatureContext
+    from ui.cards import card_html
+    from ui.features import top_contexts
+
+    sae = handlers.service.sae_for("tiny-sae")
+    contexts = tuple(
+        FeatureContext(f"over the <b>{n}</b> ", "bridge", " in fog", 9.5 - n) for n in range(5)
+    )
+    saved, sae.contexts = sae.contexts, {FEATURE: contexts}
+    try:
+        (row,) = handlers.preset_rows(PRESET_NAME)
+        shown = top_contexts(handlers.service, row)
+    finally:
+        sae.contexts = saved
+    assert shown == contexts[:3]  # the best three
+    html = card_html(row, shown)
+    assert '<div class="feature-label">the Golden Gate Bridge</div>' in html
+    assert f"#{FEATURE} · SAE <code>tiny-sae</code> · clamped, in × max activation" in html
+    assert html.count("<mark>bridge</mark>") == 3 and "&lt;b&gt;0&lt;/b&gt;" in html
+    assert "<b>" not in html
 
 
 def test_the_search_finds_a_feature_by_its_preset_name(handlers):

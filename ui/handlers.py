@@ -138,14 +138,30 @@ class Handlers:
         skip = gr.skip()
         try:
             ref, feature = self.parse_choice(choice or "")
+        except ValueError as e:
+            return rows, layout, f"Cannot add that feature: {e}.", skip
+        problem = self.feature_problem(ref, feature)
+        if problem:
+            return rows, layout, f"Cannot add that feature: {problem}.", skip
+        try:
             row = new_row(self.service, ref, feature, self.labels.get((ref, feature)))
-        except (SteeringError, ValueError) as e:
-            return rows, layout, f"Cannot add that feature: {for_visitor(str(e))}", skip
+        except SteeringError as e:
+            return rows, layout, f"Cannot add that feature: {for_visitor(e)}", skip
         if any((r.ref, r.feature) == (ref, feature) for r in rows):
             return rows, layout, f"Feature #{feature} is already in the steering.", skip
         rows = [*rows, row]
         status = f"Added **{row.label}** (#{feature}); set its strength and scope on its card."
         return rows, relayout(layout, rows), status, CUSTOM
+
+    def feature_problem(self, ref: str, feature: int) -> str | None:
+        """Why ``ref#feature`` is not a feature of this server's SAEs, for a visitor."""
+        sae = self.service.saes.get(ref)
+        if sae is None:
+            return f"this server has no such SAE; it has {', '.join(self.service.saes)}"
+        size = sae.W_enc.shape[1]
+        if not 0 <= feature < size:
+            return f"there is no feature #{feature}: this SAE has features 0 to {size - 1:,}"
+        return None
 
     def parse_choice(self, choice: str) -> tuple[str, int]:
         """``ref#index`` from the label search, or an index typed by hand (first SAE)."""

@@ -177,7 +177,14 @@ def test_the_search_finds_a_feature_by_its_preset_name(handlers):
     """A preset's label for a feature is in the search box's text for it, before the SAE's
     own label, and the features presets name come first."""
     choices = handlers.feature_choices()
-    assert choices[0] == ("the Golden Gate Bridge (#3)", f"tiny-sae#{FEATURE}")
+    assert choices[0] == ("the Golden Gate Bridge (#3)", f"tiny-sae#{FEATURE}")  # one label
+    sae = handlers.service.sae_for("tiny-sae")
+    saved, sae.labels = sae.labels, {**sae.labels, FEATURE: "san / fog / bridge"}
+    try:
+        named = handlers.feature_choices()[0]
+    finally:
+        sae.labels = saved
+    assert named == ("the Golden Gate Bridge · san / fog / bridge (#3)", f"tiny-sae#{FEATURE}")
     assert [v for k, v in choices if "bridge" in k.lower()] == [f"tiny-sae#{FEATURE}"]
 
 
@@ -190,6 +197,23 @@ def test_a_full_queue_gets_a_friendly_busy_message(handlers):
     finally:
         backend.max_waiting = saved
     assert "try again" in BUSY
+
+
+def test_the_model_never_reads_the_marks_the_page_adds():
+    from ui.handlers import FAILED, STOPPED, for_model
+
+    chat = [
+        {"role": "user", "content": "tell me a story"},
+        {"role": "assistant", "content": "once upon" + STOPPED},
+        {"role": "user", "content": "go on" + STOPPED},
+        {"role": "assistant", "content": "a time" + FAILED},
+    ]
+    assert [m["content"] for m in for_model(chat)] == [
+        "tell me a story",
+        "once upon",
+        "go on" + STOPPED,  # what the visitor typed is theirs
+        "a time",
+    ]
 
 
 def test_regenerate_drops_the_last_exchange():

@@ -190,7 +190,11 @@ class Handlers:
             indices = indices[:limit]
             for index in indices:
                 words = [named.get(index), sae.labels.get(index)]
-                text = " · ".join(dict.fromkeys(w for w in words if w))
+                unique: dict[str, str] = {}  # one of labels that differ only in case
+                for word in words:
+                    if word:
+                        unique.setdefault(word.lower(), word)
+                text = " · ".join(unique.values())
                 choices.append((f"{prefix}{text} (#{index})", f"{ref}#{index}"))
         return choices
 
@@ -350,7 +354,9 @@ class Handlers:
         steered, baseline = conversation["steered"], conversation["baseline"]
         user = {"role": "user", "content": message}
         try:
-            handle = self.submit(rows, [*steered, user], [*baseline, user], sampling)
+            handle = self.submit(
+                rows, [*for_model(steered), user], [*for_model(baseline), user], sampling
+            )
         except Refused as e:
             skip = gr.skip()
             yield skip, skip, skip, skip, str(e)
@@ -414,6 +420,16 @@ class Handlers:
             handle = self.running.pop(session(request), None)
         if handle is not None:
             handle.cancel()
+
+
+def for_model(chat: Chat) -> Chat:
+    """The history as the model wrote it: without the marks the page adds to a reply."""
+    return [
+        {**m, "content": m["content"].removesuffix(STOPPED).removesuffix(FAILED)}
+        if m["role"] == "assistant"
+        else m
+        for m in chat
+    ]
 
 
 class Refused(Exception):

@@ -6,6 +6,12 @@ re-renders the sliders, so moving a slider never rebuilds them. The conversation
 third (``ui.conversation``): the chat panes are outputs only, so the server never reads a
 history a client sends. Every event input is text, a number or a choice; a preset file is read
 by the browser and sent as text, so nothing a visitor sends is ever stored as a file.
+
+Each feature is a card (``ui.cards``) with its switch, scope and strength. While a reply
+streams, the page marks itself busy (Stop in place of Send); Stop only cancels the request, so
+the reply's own event ends it with what was written and a "(stopped)" mark, and then the page
+counts the reply as done (``body[data-replies]``, what the browser tests wait for). More views
+(``VIEWS``) go below the chat and the steering.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_WAIT_POLICY ?= PASSIVE
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: run install test lint bench demo-model clean
+.PHONY: run install test lint bench demo-model screenshots clean
 
 # Serve the demo page and the OpenAI-compatible API on the shipped demo model; prints the URL.
 # Options: make run ARGS="--port 8000 --model google/gemma-2-2b-it --sae ..."
@@ -41,6 +41,11 @@ demo-model: install
 	$(BIN)/python -m steering.demo.train_sae
 	$(BIN)/python -m steering.demo.screen
 	$(BIN)/python -m steering.demo.evaluate --out docs/demo-world-metrics.json
+
+# The README's screenshots (docs/screenshot-desktop.png, docs/screenshot-phone.png) of the page
+# on the shipped defaults; needs Debian's chromium (apt-get install chromium).
+screenshots: install
+	$(BIN)/python -m ui.screenshots --out docs/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

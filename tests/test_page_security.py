@@ -352,3 +352,26 @@ def test_events_that_run_only_in_the_browser_are_refused(page):
     for event in browser_only:
         answer = page.join(event, [], uuid.uuid4().hex[:12])
         assert answer.status_code == 400 and "no such event" in answer.json()["detail"]
+
+
+def test_every_error_the_page_shows_is_phrased_for_a_visitor_without_paths():
+    from steering.errors import PresetError, PromptTooLong
+    from ui.messages import for_visitor, plural, without_paths
+
+    error = PresetError(["saes.0.ref: '/srv/models/sae' is a local path; use demo-sae"])
+    shown = for_visitor(error)
+    assert "/srv" not in shown and "(a file path) is a local path" in shown
+    for path in ("/home/me/sae", "../sae", "./x/y", "~/sae", "C:\\models\\sae"):
+        assert without_paths(f"cannot read {path} here") == "cannot read (a file path) here"
+    assert without_paths("3/4 of prompt and/or reply") == "3/4 of prompt and/or reply"
+    too_long = PromptTooLong(
+        "the prompt has 140 tokens, but the model's context is 128 tokens (prompt and reply "
+        "together): shorten the chat"
+    )
+    assert for_visitor(too_long).startswith(
+        "This conversation is 140 tokens; the model reads 128 (prompt and reply together)."
+    )
+    assert "2,048 (max_prompt_tokens)" in for_visitor(
+        PromptTooLong("the prompt has 3000 tokens, at most 2048")
+    )
+    assert [plural(n, "feature") for n in (0, 1, 2)] == ["0 features", "1 feature", "2 features"]

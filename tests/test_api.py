@@ -291,9 +291,12 @@ def test_a_preset_is_also_a_model_name(client):
 
 
 def test_unknown_routes_and_the_openapi_document(server, client):
-    for path in ("/v1/completions-of-sorts", "/v1"):
+    for path in ("/v1/completions-of-sorts", "/v1", "/v1/x%0Ay", "/v1/presets/%0D%0A"):
         answer = httpx.get(f"{server.url}{path}", timeout=10)
         assert answer.status_code == 404 and answer.json()["error"]["code"] == "unknown_url"
+    # Any character, newlines included, stays in the API's own error shape.
+    answer = httpx.get(f"{server.url}/v1/models/%0A0", timeout=10)
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
     assert (
         client.models.retrieve("tiny-llama:golden-gate-bridge").id
         == "tiny-llama:golden-gate-bridge"

@@ -38,6 +38,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import Receive, Scope, Send
 
 from ..activations import ActivationProbe, TokenActivations
@@ -101,6 +102,22 @@ class ApiRoute(APIRoute):
         return guarded
 
 
+class AnyText(Convertor[str]):
+    """A path part of any characters: Starlette's ``path`` (``.*``) stops at a newline, and a
+    ``/v1/...`` URL it does not match would fall through to the page's 404."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", AnyText())
+
+
 def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIRouter:
     """The API's routes over ``service``: models, presets and chat completions, each visitor
     within its limits (``visitors``), CPU work in ``workers``."""
@@ -113,7 +130,7 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
         ids = [service.model_id, *(preset_model_id(service, s) for s in preset_slugs(service))]
         return {"object": "list", "data": [_model_card(model_id) for model_id in ids]}
 
-    @router.get("/v1/models/{model_id:path}")
+    @router.get("/v1/models/{model_id:anything}")
     def model(model_id: str, request: Request) -> Any:
         visitors.identify(request)
         ids = [service.model_id, *(preset_model_id(service, s) for s in preset_slugs(service))]
@@ -169,7 +186,7 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
         include_in_schema=False,
     )
     @router.api_route(
-        "/v1/{path:path}",
+        "/v1/{path:anything}",
         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         include_in_schema=False,
     )

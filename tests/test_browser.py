@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from live_server import PRESET_NAME, start_server, tiny_service
+from live_server import PRESET_NAME, golden_gate_preset, start_server, tiny_service
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -103,28 +103,28 @@ def replies(page) -> tuple[str, str]:
     return last("steered"), last("baseline")
 
 
+def replies_done(page) -> int:
+    """How many replies the page says have ended (its own signal: body[data-replies])."""
+    return int(page.evaluate("() => Number(document.body.dataset.replies || 0)"))
+
+
+def wait_done(page, before: int) -> tuple[str, str]:
+    """Until the page signals that the reply after ``before`` ended (its last update shown,
+    Send back in place of Stop); then both panes' last replies."""
+    page.wait_for_function(
+        f"() => Number(document.body.dataset.replies || 0) > {before}"
+        " && !document.body.classList.contains('steering-busy')",
+        timeout=30_000,
+    )
+    return replies(page)
+
+
 def send_and_wait(page, server, message: str) -> tuple[str, str]:
-    """Send a message and wait until both panes have their full reply."""
+    """Send a message and wait until the page says the reply ended."""
+    before = replies_done(page)
     page.locator("#msg textarea").fill(message)
     page.locator("#send").click()
-    return wait_for_replies(page, server)
-
-
-def wait_for_replies(page, server) -> tuple[str, str]:
-    """Until both panes have a full reply and the engine is idle."""
-    deadline, stable_since, last = time.monotonic() + 30, None, None
-    while time.monotonic() < deadline:
-        now = replies(page)
-        idle = not server.service.backend.engine.live and all(now)
-        if idle and now == last:
-            if stable_since and time.monotonic() - stable_since > 0.5:
-                return now
-            stable_since = stable_since or time.monotonic()
-        else:
-            stable_since = None
-        last = now
-        time.sleep(0.1)
-    raise AssertionError(f"the replies did not finish: {last}")
+    return wait_done(page, before)
 
 
 def wait_for_tokens(server, count: int) -> None:
@@ -157,9 +157,9 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     assert steered and baseline and steered != baseline
 
     # Regenerate replaces the last exchange (greedy: with the same replies).
+    before = replies_done(page)
     page.locator("#regenerate").click()
-    page.wait_for_timeout(300)
-    assert wait_for_replies(page, server) == (steered, baseline)
+    assert wait_done(page, before) == (steered, baseline)
     assert page.locator("#steered .message.user").count() == 1
 
     # Slider at 0: the next reply of both panes is the same.
@@ -183,8 +183,10 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     with page.expect_file_chooser() as chooser:
         page.locator("#upload").click()
     chooser.value.set_files(str(saved))
-    wait_status(page, "Preset file loaded")
+    wait_status(page, "Preset file loaded: 1 feature.")
     page.wait_for_function("document.querySelector('#feature-0 input[type=number]')?.value == '6'")
+    assert page.locator("#preset input").input_value() == "(custom)"  # no longer the preset
+    assert preset["saes"][0]["ref"] == "tiny-sae"  # the public name, not the server's path
 
     # A bad file gets a clear message and leaves the steering alone.
     bad = tmp_path / "bad.json"
@@ -203,24 +205,15 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     assert "steering=" in url
     fresh = open_page(browser, url)
     fresh.wait_for_function("document.querySelector('#feature-0 input[type=number]')?.value == '6'")
-    assert "share link" in fresh.locator("#status").inner_text()
+    assert "share link: 1 feature." in fresh.locator("#status").inner_text()
+    assert fresh.locator("#preset input").input_value() == "(custom)"
     fresh.context.close()
 
-    # Stop really stops: the engine drops the rows, the reply stays short.
-    page.locator("#clear").click()
-    set_number(page, "max_tokens", 256)
-    server.slow.delay = 0.02
-    page.locator("#msg textarea").fill("tell me a long story")
-    page.locator("#send").click()
-    wait_for_tokens(server, 5)
-    page.locator("#stop").click()
-    deadline = time.monotonic() + 3
-    while server.service.backend.engine.live and time.monotonic() < deadline:
-        time.sleep(0.05)
-    server.slow.delay = 0.0
-    assert not server.service.backend.engine.live
-    page.wait_for_timeout(500)
-    assert len(replies(page)[0].split()) < 200
+    # Removing every feature: the preset box says so, and so does the summary.
+    page.locator("#remove-0").click()
+    wait_status(page, "0 active features", "active")
+    assert page.locator("#preset input").input_value() == "(none)"
+    assert page.locator("#no-features").count() == 1
 
     shot = Path(os.environ.get("STEERING_SCREENSHOT", tmp_path / "page.png"))
     page.screenshot(path=str(shot), full_page=True)
@@ -229,14 +222,224 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     page.context.close()
 
 
-def test_a_phone_sized_page_stacks_the_panes(server, browser):
+class CancelProbe:
+    """Records, for each row, the tokens the engine had when a cancel reached the engine loop,
+    and the tokens each row ended with."""
+
+    def __init__(self, loop) -> None:
+        self.loop, self.cancel, self.dispatch = loop, loop.cancel, loop._dispatch
+        self.at_cancel: dict[int, list[int]] = {}
+        self.final: dict[int, int] = {}
+        self.reasons: dict[int, str] = {}
+        loop.cancel, loop._dispatch = self._cancel, self._dispatched
+
+    def _cancel(self, request_id: int) -> None:
+        for row in list(self.loop.engine.live):
+            if row.request.id == request_id:
+                self.at_cancel.setdefault(row.index, list(row.tokens))
+        self.cancel(request_id)
+
+    def _dispatched(self, events) -> None:
+        for event in events:
+            if event.finish_reason is not None:
+                self.final[event.row] = event.completion_tokens
+                self.reasons[event.row] = event.finish_reason
+        self.dispatch(events)
+
+    def close(self) -> None:
+        self.loop.cancel, self.loop._dispatch = self.cancel, self.dispatch
+
+
+def test_stop_ends_both_panes_within_one_decode_step(server, browser):
+    """Stop cancels the request: the engine ends both rows before its next decode step, both
+    panes show all that was generated, marked as stopped, and Send comes back."""
     page = open_page(browser, server.url)
-    page.set_viewport_size({"width": 390, "height": 844})
+    page.get_by_text("Sampling").click()
+    set_number(page, "temperature", 0)  # greedy: this reply runs to max_tokens
+    set_number(page, "max_tokens", 200)
+    loop = server.service.backend
+    probe = CancelProbe(loop)
+    server.slow.delay = 0.4  # a decode step: long enough to see where Stop lands
+    try:
+        before = replies_done(page)
+        page.locator("#msg textarea").fill("tell me a long story")
+        page.locator("#send").click()
+        expect_visible(page, "#stop")
+        assert not page.locator("#send").is_visible()
+        wait_for_tokens(server, 4)
+        # Click just after the page has caught up with a step (steps are 0.4 s apart).
+        shown = replies(page)
+        deadline = time.monotonic() + 10
+        while replies(page) == shown and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        at_click = replies(page)
+        page.locator("#stop").click()
+        final = wait_done(page, before)
+    finally:
+        server.slow.delay = 0.0
+        probe.close()
+    assert not server.service.backend.engine.live
+    tokenizer = server.service.model.tokenizer
+    longest_token = max(len(tokenizer.decode([i])) for i in range(len(tokenizer)))
+    for row, (clicked, text) in enumerate(zip(at_click, final, strict=True)):
+        assert text.endswith("(stopped)"), text
+        generated = probe.final[row] - len(probe.at_cancel[row])
+        assert 0 <= generated <= 1, (row, probe.at_cancel[row], probe.final[row])
+        written = text.removesuffix("(stopped)").rstrip()
+        added = len(written) - len(clicked.rstrip())
+        print(
+            f"stop, pane {row}: {added} characters added after the click, {generated} token(s) "
+            f"generated after the cancel reached the engine ({len(probe.at_cancel[row])} before)"
+        )
+        assert written.startswith(clicked.rstrip())
+        assert added <= 2 * (longest_token + 1)  # what the page had not shown yet + one step
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    page.context.close()
+
+
+def expect_visible(page, selector: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator(selector)).to_be_visible(timeout=10_000)
+
+
+def box(page, selector: str) -> dict:
+    found = page.locator(selector).first.bounding_box()
+    assert found is not None, f"{selector} is not on the page"
+    return found
+
+
+@pytest.mark.parametrize(
+    "width,height", [(390, 844), (1024, 768), (1400, 900)], ids=["phone", "laptop", "desktop"]
+)
+def test_the_layout_fits_a_phone_a_laptop_and_a_desktop(server, browser, width, height):
+    page = open_page(browser, server.url)
+    page.set_viewport_size({"width": width, "height": height})
     page.wait_for_timeout(300)
-    steered = page.locator("#steered").bounding_box()
-    baseline = page.locator("#baseline").bounding_box()
-    assert baseline["y"] >= steered["y"] + steered["height"] - 1  # one above the other
-    assert steered["width"] <= 390
+    steered, baseline = box(page, "#steered"), box(page, "#baseline")
+    label, message = box(page, ".feature-label"), box(page, "#msg textarea")
+    send = box(page, "#send")
+    print(
+        f"{width}x{height}: steered {steered}, baseline {baseline}, message {message}, "
+        f"feature label {label}"
+    )
+    assert label["width"] >= 150 and label["height"] < 60  # the card is never squeezed
+    for pane in (steered, baseline):
+        assert pane["height"] >= 150 and pane["x"] >= 0 and pane["x"] + pane["width"] <= width
+    if width >= 768:  # side by side, at the same height
+        assert baseline["x"] >= steered["x"] + steered["width"] - 1
+        assert abs(baseline["y"] - steered["y"]) < 2
+    else:  # one above the other
+        assert baseline["y"] >= steered["y"] + steered["height"] - 1
+    if width >= 1024:  # the message box and Send on screen without scrolling
+        assert message["y"] + message["height"] <= height and message["y"] >= 0
+        assert send["y"] + send["height"] <= height and send["x"] + send["width"] <= width
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
+    page.context.close()
+
+
+def test_a_long_message_is_kept_and_the_limit_named(server, browser):
+    """Nothing is cut silently: a message over max_message_chars stays whole in the box, and
+    the page names the limit and by how much it is over."""
+    page = open_page(browser, server.url)
+    most = server.service.limits.max_message_chars
+    text = "word " * ((most + 4_000) // 5)
+    page.locator("#msg textarea").fill(text)
+    assert len(page.locator("#msg textarea").input_value()) == len(text)
+    before = replies_done(page)
+    page.locator("#send").click()
+    wait_done(page, before)
+    notice = page.locator("#notice").inner_text()
+    assert f"{len(text):,} characters, {len(text) - most:,} over" in notice
+    assert "max_message_chars" in notice
+    assert page.locator("#msg textarea").input_value() == text
+    assert page.locator("#steered .message").count() == 0
+    # The next action clears it.
+    send_and_wait(page, server, "hello")
+    assert page.locator("#notice").inner_text().strip() == ""
+    page.context.close()
+
+
+def test_no_message_shows_a_server_path(server, browser, tmp_path):
+    """A preset naming a server folder, and garbage share links, get a visitor's sentence:
+    no path, no decoder's words."""
+    page = open_page(browser, server.url)
+    sae_dir = "/srv/private/sae-folder"
+    preset = json.loads(json.dumps(golden_gate_preset()))
+    preset["saes"][0]["ref"] = sae_dir
+    bad = tmp_path / "paths.json"
+    bad.write_text(json.dumps(preset))
+    with page.expect_file_chooser() as chooser:
+        page.locator("#upload").click()
+    chooser.value.set_files(str(bad))
+    wait_status(page, "cannot be used")
+    shown = page.locator("#status").inner_text()
+    assert sae_dir not in shown and "/" not in shown.split("cannot be used")[1], shown
+    page.context.close()
+    for code in ["%FF%FE", "__8A", "bm90IGpzb24"]:  # not base64, not UTF-8, not JSON
+        page = open_page(browser, f"{server.url}/?steering={code}")
+        wait_status(page, "share link")
+        shown = page.locator("#status").inner_text()
+        for leak in ("utf-8", "codec", "decode", "Traceback", "/tmp", sae_dir):
+            assert leak not in shown, (code, shown)
+        assert page.locator("#preset input").input_value() == "Golden Gate Bridge"
+        page.context.close()
+
+
+@pytest.fixture(scope="module")
+def demo_server():
+    """The shipped demo model behind a live server, as ``steering serve`` runs it."""
+    from steering.serve.app import ServeConfig, load_service
+
+    live = start_server(load_service(ServeConfig()))
+    yield live
+    live.stop()
+
+
+def test_the_demo_page_says_what_answers_and_the_bridge_feature_works(demo_server, browser):
+    """On the demo model: the page names the model and suggests its own prompts; the bridge
+    feature found by searching "bridge", added at its default strength and scope, brings the
+    bridge into the reply; a conversation too long for the model is explained in tokens."""
+    from steering.demo import SUGGESTED_PROMPTS
+
+    service = demo_server.service
+    (bridge,) = service.preset("Golden Gate Bridge").preset.edits
+    page = open_page(browser, demo_server.url)
+    header = page.locator("#header").inner_text()
+    assert "1.1M-parameter" in header and "make run" in header
+    chips = page.locator("#try").inner_text()
+    assert all(prompt in chips for prompt in SUGGESTED_PROMPTS)
+    page.get_by_text("Sampling").click()
+    set_number(page, "temperature", 0)
+
+    page.locator("#remove-0").click()  # from no steering at all
+    wait_status(page, "0 active features", "active")
+    search = page.locator("#search input")
+    search.click()
+    search.press_sequentially("bridge")
+    option = page.locator(f"#search li[aria-label$='(#{bridge.feature})']")
+    option.first.click()
+    page.locator("#add").click()
+    wait_status(page, f"(#{bridge.feature})")
+    page.wait_for_timeout(500)
+    card = page.locator("#card-0").first.inner_text()  # the group and its inner block
+    assert f"#{bridge.feature}" in card and "demo-sae" in card
+    assert page.locator("#scope-0 input").input_value() == "your words only"
+    assert slider_value(page) > 0
+    steered, baseline = send_and_wait(page, demo_server, SUGGESTED_PROMPTS[0])
+    assert "bridge" in steered.lower() and "bridge" not in baseline.lower(), (steered, baseline)
+
+    # 130 words: under every character limit, over the model's 128-token context.
+    page.locator("#clear").click()
+    long_message = " ".join(["the cat is on the mat"] * 22)
+    before = replies_done(page)
+    page.locator("#msg textarea").fill(long_message)
+    page.locator("#send").click()
+    wait_done(page, before)
+    notice = page.locator("#notice").inner_text()
+    assert "tokens; the model reads 128 (prompt and reply together)" in notice, notice
+    assert page.locator("#msg textarea").input_value() == long_message
     page.context.close()
 
 

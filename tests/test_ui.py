@@ -16,7 +16,7 @@ from steering.errors import PresetError
 from steering.serve import Preset, SamplingParams, flatten_content
 from ui.conversation import without_last_exchange
 from ui.features import decode_share, encode_share, preset_from_rows, rows_from_network
-from ui.handlers import BUSY, Handlers
+from ui.handlers import BUSY, CUSTOM, NO_PRESET, Handlers
 
 
 def text(chat: list[dict]) -> list[str]:
@@ -41,7 +41,7 @@ def test_gradio_client_gets_both_replies(server):
     box, steered, baseline, notice = client.predict(
         "hello how are you", 0, 1.0, 8, 0, api_name="/respond"
     )
-    assert box == "" and notice == ""
+    assert notice == ""  # the box empties when the message goes out; later updates skip it
     assert [m["role"] for m in steered] == ["user", "assistant"]
     steered_text, baseline_text = text(steered)[-1], text(baseline)[-1]
     assert steered_text and baseline_text and steered_text != baseline_text  # the default preset
@@ -84,8 +84,9 @@ def test_bad_share_links_and_uploads_say_why(handlers):
     with pytest.raises(PresetError, match="a local path"):
         rows_from_network(handlers.service, json.dumps(preset))
     bad = '{"format_version": 1, "name": "x", "extra": 1}'
-    rows, _, message = handlers.upload("bad.json", len(bad), bad, {"rev": 0}, ["unchanged"])
+    rows, _, message, box = handlers.upload("bad.json", len(bad), bad, {"rev": 0}, ["unchanged"])
     assert rows == ["unchanged"] and "cannot be used" in message and "extra" in message
+    assert box == gr.skip()  # the preset box changes only when the steering does
 
 
 def test_uploads_are_json_presets_within_the_limit(handlers):
@@ -93,14 +94,14 @@ def test_uploads_are_json_presets_within_the_limit(handlers):
     parsing, and a closed file chooser changes nothing."""
     most = handlers.service.limits.max_upload_bytes
     layout, rows = {"rev": 0}, ["unchanged"]
-    assert handlers.upload("", 0, "", layout, rows) == (gr.skip(), gr.skip(), gr.skip())
-    _, _, message = handlers.upload("preset.txt", 2, "{}", layout, rows)
+    assert handlers.upload("", 0, "", layout, rows) == (gr.skip(),) * 4
+    _, _, message, _ = handlers.upload("preset.txt", 2, "{}", layout, rows)
     assert message == "**That preset file cannot be used:** pick a `.json` preset file."
-    _, _, message = handlers.upload("big.json", most + 5, "", layout, rows)
+    _, _, message, _ = handlers.upload("big.json", most + 5, "", layout, rows)
     assert f"it has {most + 5:,} bytes; a preset file has at most {most:,}" in message
-    _, _, message = handlers.upload("big.json", 10, "é" * (most // 2 + 1), layout, rows)
+    _, _, message, _ = handlers.upload("big.json", 10, "é" * (most // 2 + 1), layout, rows)
     assert f"it has {2 * (most // 2 + 1):,} bytes" in message
-    kept, _, message = handlers.upload("junk.json", 3, "\x00{[", layout, rows)
+    kept, _, message, _ = handlers.upload("junk.json", 3, "\x00{[", layout, rows)
     assert kept == rows and message.endswith(
         "it is not a JSON preset file (it does not read as JSON)."
     )
@@ -111,7 +112,7 @@ def test_a_raw_client_cannot_break_the_steering(handlers):
     for key, value in [("value", float("nan")), ("value", "7"), ("value", True), ("on", "no")]:
         assert handlers.set_value(rows, 0, key, value) == rows
     assert handlers.set_value(rows, 0, "value", 3)[0].value == 3
-    _, _, message = handlers.pick_preset("no such preset", {"rev": 0})
+    _, _, message, _ = handlers.pick_preset("no such preset", {"rev": 0})
     assert message == "There is no such preset: pick one from the list."
     with pytest.raises(gr.Error, match="finite numbers"):
         list(handlers.respond("hi", None, rows, "hot", 1.0, 4, 0, None))
@@ -120,14 +121,36 @@ def test_a_raw_client_cannot_break_the_steering(handlers):
 def test_add_by_label_or_index_and_remove(handlers):
     choices = dict(handlers.feature_choices())
     label = next(k for k in choices if "cats" in k)
-    rows, layout, message = handlers.add(choices[label], [], {"rev": 0})
+    rows, layout, message, box = handlers.add(choices[label], [], {"rev": 0})
     assert rows[0].label == "cats" and layout["rev"] == 1 and "Added" in message
-    rows, layout, _ = handlers.add("7", rows, layout)
+    assert box == CUSTOM
+    rows, layout, _, _ = handlers.add("7", rows, layout)
     assert [r.feature for r in rows] == [5, 7]
-    _, _, message = handlers.add("99", rows, layout)
+    _, _, message, _ = handlers.add("99", rows, layout)
     assert "out of range" in message
-    rows, layout = handlers.remove(rows, layout, 0)
-    assert [r.feature for r in rows] == [7] and layout["rows"] == rows
+    rows, layout, _, box = handlers.remove(rows, layout, 0)
+    assert [r.feature for r in rows] == [7] and layout["rows"] == rows and box == CUSTOM
+    rows, layout, _, box = handlers.remove(rows, layout, 0)
+    assert rows == [] and box == NO_PRESET
+
+
+def test_an_added_feature_steers_as_the_presets_of_its_sae_do(handlers):
+    """The test server's one preset clamps its SAE's feature at 10x on every position: a
+    feature added from the search box starts the same way, not at 0."""
+    rows, _, _, _ = handlers.add("tiny-sae#5", [], {"rev": 0})
+    (row,) = rows
+    assert (row.mode, row.unit, row.value, row.positions) == ("clamp", "max_act", 10.0, "all")
+    rows = handlers.set_scope(rows, 0, "your words only")
+    assert (rows[0].positions, rows[0].skip_special_tokens) == ("prompt", True)
+    assert handlers.set_scope(rows, 0, "somewhere else") == rows
+
+
+def test_the_search_finds_a_feature_by_its_preset_name(handlers):
+    """A preset's label for a feature is in the search box's text for it, before the SAE's
+    own label, and the features presets name come first."""
+    choices = handlers.feature_choices()
+    assert choices[0] == ("the Golden Gate Bridge (#3)", f"tiny-sae#{FEATURE}")
+    assert [v for k, v in choices if "bridge" in k.lower()] == [f"tiny-sae#{FEATURE}"]
 
 
 def test_a_full_queue_gets_a_friendly_busy_message(handlers):

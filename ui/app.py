@@ -10,6 +10,7 @@ by the browser and sent as text, so nothing a visitor sends is ever stored as a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -17,11 +18,14 @@ import gradio as gr
 from steering.serve import Service
 
 from . import conversation
-from .features import FeatureRow, slider_range
-from .handlers import NO_PRESET, Handlers
+from .cards import card_html
+from .features import SCOPES, FeatureRow, scope_name, slider_range, top_contexts
+from .handlers import CUSTOM, NO_PRESET, Handlers
 from .scripts import (
     ANSWERED_JS,
+    CLEARED_JS,
     DOWNLOAD_JS,
+    EMPTY_JS,
     FAILED_JS,
     HEAD,
     REGENERATE_JS,
@@ -36,9 +40,34 @@ __all__ = ["CSS", "HEAD", "THEME", "build_page"]
 
 THEME = gr.themes.Soft()
 CSS = """
-#panes { flex-wrap: wrap; }
-#panes > div { min-width: 280px; }
-@media (max-width: 760px) { #main { flex-direction: column; } }
+#header p { margin: 0.2em 0; }
+/* the panes side by side from tablet width up, one above the other on a phone */
+#panes { flex-wrap: nowrap; gap: 8px; }
+#panes > div { min-width: 0 !important; flex: 1 1 0; }
+@media (max-width: 767px) {
+  #panes { flex-direction: column; }
+  #panes > div { flex: none; }
+  #main { flex-direction: column; }
+}
+@media (min-width: 768px) and (max-width: 899px) { #main { flex-direction: column; } }
+#steered, #baseline { height: clamp(200px, calc(100vh - 420px), 460px) !important; }
+@media (max-width: 767px) { #steered, #baseline { height: 30vh !important; } }
+/* while a reply streams (#main.steering-busy): Stop instead of Send, no Regenerate */
+#stop { display: none; }
+#main.steering-busy #stop { display: inline-flex; }
+#main.steering-busy #send { display: none; }
+#main.steering-busy #regenerate { pointer-events: none; opacity: 0.5; }
+#msg-row { flex-wrap: nowrap; align-items: stretch; }
+#msg-row > button { min-width: 72px !important; flex: 0 0 auto; }
+.feature-card { padding: 8px 10px; }
+.feature-card .feature-head { min-width: 150px; }
+.feature-label { font-weight: 600; font-size: 1.05em; overflow-wrap: anywhere; }
+.feature-meta { font-size: 0.85em; opacity: 0.8; }
+.feature-contexts { margin: 4px 0 0 0; padding-left: 1.1em; font-size: 0.85em; }
+.feature-contexts mark { background: #fde68a; color: #111; border-radius: 3px; padding: 0 2px; }
+.feature-controls { flex-wrap: nowrap; align-items: center; gap: 6px; }
+.feature-scope { min-width: 0 !important; flex: 1 1 auto; }
+#share_link textarea { overflow-y: auto; }
 """
 EXPLANATION = """
 **What is steering?** A sparse autoencoder (SAE) splits the model's internal activations into
@@ -46,14 +75,14 @@ features that mean something to people, such as *the Golden Gate Bridge*. Steeri
 feature to a chosen strength while the model writes, and the model starts to see the world
 through it ([Golden Gate Claude](https://www.anthropic.com/news/golden-gate-claude)). Both chats
 below come from one generation with the same random numbers: only the steering differs.
-Slider values are multiples of the feature's highest observed activation (× max) or raw units.
+A strength is a multiple of the feature's highest observed activation (× max) or raw units; a
+feature's scope says which tokens it steers (a small model often writes better when only your
+words are steered).
 """
-EXAMPLES = [
-    "Tell me about your weekend.",
-    "What should I see on a trip to California?",
-    "Describe yourself in three sentences.",
-    "Write a short poem about the sea.",
-]
+# Views shown after the chat and steering, each a function (handlers, parts) -> None that
+# builds its own gr.Accordion (or tab) and wires its own events; ``parts`` holds the page's
+# components and states by name. A new view is one entry here.
+VIEWS: list[Callable[[Handlers, dict[str, Any]], None]] = []
 
 
 def build_page(service: Service) -> gr.Blocks:
@@ -66,36 +95,44 @@ def build_page(service: Service) -> gr.Blocks:
         rows = gr.State(first_rows)
         layout = gr.State({"rev": 0, "rows": first_rows})
         chats = gr.State(conversation.empty())
-        gr.Markdown(f"# Steering · `{service.model_id}`\n{EXPLANATION}")
+        gr.Markdown(f"# Steering · `{service.model_id}`\n{h.about.line()}", elem_id="header")
+        with gr.Accordion("What is steering?", open=False, elem_id="explain"):
+            gr.Markdown(EXPLANATION)
         with gr.Row(elem_id="main"):
-            with gr.Column(scale=3):
-                chat = _chat_column(service)
-            with gr.Column(scale=2, min_width=280):
+            with gr.Column(scale=3, min_width=0, elem_id="chat-column"):
+                chat = _chat_column(h)
+            with gr.Column(scale=2, min_width=0, elem_id="steering-column"):
                 controls = _steering_column(h, service, rows, layout)
                 sampling = _sampling_controls(service)
         _wire(page, h, rows, layout, chats, chat, controls, sampling)
+        parts = {"rows": rows, "layout": layout, "chats": chats, **chat, **controls}
+        for view in VIEWS:
+            view(h, parts)
     return page
 
 
-def _chat_column(service: Service) -> dict[str, Any]:
+def _chat_column(h: Handlers) -> dict[str, Any]:
     with gr.Row(elem_id="panes", equal_height=True):
         steered = _chatbot("Steered", "steered")
         baseline = _chatbot("Baseline", "baseline")
-    with gr.Row():
+    with gr.Row(elem_id="msg-row"):
+        # No max_length: a browser would cut a long paste silently; the server says instead
+        # which limit a message is over, and by how much.
         msg = gr.Textbox(
             show_label=False,
             placeholder="Say something…",
             elem_id="msg",
             scale=5,
-            max_length=service.limits.max_message_chars,
+            min_width=0,
+            max_lines=6,
         )
-        send = gr.Button("Send", variant="primary", elem_id="send", scale=1, min_width=80)
+        send = gr.Button("Send", variant="primary", elem_id="send", scale=0, min_width=72)
+        stop = gr.Button("Stop", elem_id="stop", variant="stop", scale=0, min_width=72)
     notice = gr.Markdown("", elem_id="notice")
     with gr.Row():
-        stop = gr.Button("Stop", elem_id="stop", variant="stop", size="sm")
         regen = gr.Button("Regenerate", elem_id="regenerate", size="sm")
         clear = gr.Button("Clear", elem_id="clear", size="sm")
-    gr.Examples(EXAMPLES, inputs=msg, label="Try")
+    gr.Examples(list(h.about.suggested_prompts), inputs=msg, label="Try", elem_id="try")
     return dict(
         steered=steered,
         baseline=baseline,
@@ -110,7 +147,7 @@ def _chat_column(service: Service) -> dict[str, Any]:
 
 def _chatbot(label: str, elem_id: str) -> gr.Chatbot:
     return gr.Chatbot(
-        label=label, elem_id=elem_id, height=420, buttons=["copy", "copy_all"], min_width=280
+        label=label, elem_id=elem_id, height=420, buttons=["copy", "copy_all"], min_width=0
     )
 
 
@@ -119,14 +156,18 @@ def _steering_column(
 ) -> dict[str, Any]:
     gr.Markdown("### Steering")
     preset = gr.Dropdown(
-        [NO_PRESET, *service.presets], value=h.default_preset(), label="Preset", elem_id="preset"
+        [NO_PRESET, *service.presets, CUSTOM],
+        value=h.default_preset(),
+        label="Preset",
+        elem_id="preset",
     )
-    _render_sliders(h, service, rows, layout)
+    late: dict[str, Any] = {}  # created below, used by the cards' remove buttons
+    _render_sliders(h, service, rows, layout, late)
     with gr.Row():
         search = gr.Dropdown(
             h.feature_choices(),
             value=None,
-            label="Add a feature: search its label, or type an index",
+            label="Add a feature: search its label (any word), or type an index",
             allow_custom_value=True,
             filterable=True,
             elem_id="search",
@@ -151,7 +192,10 @@ def _steering_column(
         gr.Textbox(visible=False, elem_id="resume_kind"),
     ]
     preset_text = gr.Textbox(visible=False, elem_id="preset_text")
-    link = gr.Textbox(label="Share link", elem_id="share_link", buttons=["copy"], max_lines=2)
+    late.update(status=status, preset=preset)
+    link = gr.Textbox(
+        label="Share link", elem_id="share_link", buttons=["copy"], lines=1, max_lines=8
+    )
     return dict(
         preset=preset,
         search=search,
@@ -170,17 +214,20 @@ def _steering_column(
 
 
 def _sampling_controls(service: Service) -> list[gr.components.Component]:
-    limit, default = service.limits.max_new_tokens, service.limits.default_new_tokens
+    limits, context = service.limits, service.model.context_length
+    longest = min(limits.max_new_tokens, context or limits.max_new_tokens)
+    reads = f"; the model reads {context:,} tokens in all, prompt included" if context else ""
     with gr.Accordion("Sampling", open=False):
         return [
             gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature", elem_id="temperature"),
             gr.Slider(0.05, 1, value=1.0, step=0.05, label="Top-p", elem_id="top_p"),
             gr.Slider(
                 1,
-                limit,
-                value=default,
+                longest,
+                value=min(limits.default_new_tokens, longest),
                 step=1,
                 label="Max new tokens",
+                info=f"At most {limits.max_new_tokens:,} on this server (max_new_tokens){reads}.",
                 elem_id="max_tokens",
             ),
             gr.Number(
@@ -192,7 +239,9 @@ def _sampling_controls(service: Service) -> list[gr.components.Component]:
         ]
 
 
-def _render_sliders(h: Handlers, service: Service, rows: gr.State, layout: gr.State) -> None:
+def _render_sliders(
+    h: Handlers, service: Service, rows: gr.State, layout: gr.State, late: dict[str, Any]
+) -> None:
     @gr.render(inputs=[layout])
     def sliders(current: dict) -> None:
         rev = current["rev"]
@@ -200,9 +249,9 @@ def _render_sliders(h: Handlers, service: Service, rows: gr.State, layout: gr.St
             gr.Markdown("No features: pick a preset or add one below.", elem_id="no-features")
         feature_rows: list[FeatureRow] = current["rows"]
         for i, row in enumerate(feature_rows):
-            unit = "× max" if row.unit == "max_act" else "raw"
-            with gr.Group():
-                with gr.Row(equal_height=True):
+            with gr.Group(elem_classes=["feature-card"], elem_id=f"card-{i}"):
+                gr.HTML(card_html(row, top_contexts(service, row)), padding=False)
+                with gr.Row(elem_classes=["feature-controls"]):
                     on = gr.Checkbox(
                         row.on,
                         label="on",
@@ -210,19 +259,37 @@ def _render_sliders(h: Handlers, service: Service, rows: gr.State, layout: gr.St
                         key=f"on-{rev}-{i}",
                         elem_id=f"on-{i}",
                         scale=0,
+                        min_width=70,
                     )
-                    gr.Markdown(f"**{row.label}** · #{row.feature} · {row.mode} ({unit})")
+                    scope = gr.Dropdown(
+                        [name for name, _, _ in SCOPES],
+                        value=scope_name(row),
+                        label="Steers",
+                        interactive=True,
+                        key=f"scope-{rev}-{i}",
+                        elem_id=f"scope-{i}",
+                        elem_classes=["feature-scope"],
+                        scale=1,
+                        min_width=0,
+                    )
                     remove = gr.Button(
-                        "✕", key=f"rm-{rev}-{i}", elem_id=f"remove-{i}", size="sm", scale=0
+                        "✕",
+                        key=f"rm-{rev}-{i}",
+                        elem_id=f"remove-{i}",
+                        elem_classes=["feature-remove"],
+                        size="sm",
+                        scale=0,
+                        min_width=44,
                     )
                 if row.mode != "ablate":
                     span = slider_range(row, service)
+                    unit = "× max activation" if row.unit == "max_act" else "raw units"
                     slider = gr.Slider(
                         -span,
                         span,
                         value=row.value,
                         step=0.1,
-                        show_label=False,
+                        label=f"Strength ({unit})",
                         interactive=True,
                         key=f"slider-{rev}-{i}",
                         elem_id=f"feature-{i}",
@@ -231,11 +298,16 @@ def _render_sliders(h: Handlers, service: Service, rows: gr.State, layout: gr.St
                         lambda v, r, i=i: h.set_value(r, i, "value", v), [slider, rows], rows
                     )
             on.change(lambda v, r, i=i: h.set_value(r, i, "on", v), [on, rows], rows)
-            remove.click(lambda r, lay, i=i: h.remove(r, lay, i), [rows, layout], [rows, layout])
+            scope.input(lambda v, r, i=i: h.set_scope(r, i, v), [scope, rows], rows)
+            remove.click(
+                lambda r, lay, i=i: h.remove(r, lay, i),
+                [rows, layout],
+                [rows, layout, late["status"], late["preset"]],
+            )
 
 
 def _wire(page, h: Handlers, rows, layout, chats, chat: dict, c: dict, sampling: list) -> None:
-    steering_out = [rows, layout, c["status"]]
+    steering_out = [rows, layout, c["status"], c["preset"]]
     c["preset"].input(h.pick_preset, [c["preset"], layout], steering_out)
     c["add"].click(h.add, [c["search"], rows, layout], steering_out)
     upload_js = UPLOAD_JS % {"limit": h.service.limits.max_upload_bytes}
@@ -245,7 +317,7 @@ def _wire(page, h: Handlers, rows, layout, chats, chat: dict, c: dict, sampling:
     c["share_code"].change(None, c["share_code"], None, js=TRACK_CODE_JS)
     c["share"].click(None, c["share_code"], c["link"], js=SHARE_JS)
     c["download"].click(None, c["preset_text"], None, js=DOWNLOAD_JS)
-    resumed = [*steering_out, c["preset"], chat["msg"], chat["notice"]]
+    resumed = [*steering_out, chat["msg"], chat["notice"]]
     page.load(h.load, [*c["resume"], layout], resumed, js=RESUME_JS)
     page.load(h.exports, rows, exports)
 
@@ -263,7 +335,16 @@ def _wire(page, h: Handlers, rows, layout, chats, chat: dict, c: dict, sampling:
     for event in running:
         event.success(None, None, None, js=ANSWERED_JS)
         event.failure(None, None, None, js=FAILED_JS)
-    chat["stop"].click(h.stop, None, None, cancels=running, api_visibility="private")
+    # Stop only cancels the request: the reply's own event then ends it, shows what was
+    # written with a "(stopped)" mark, and signals the page that the reply is done.
+    chat["stop"].click(h.stop, None, None, api_visibility="private")
     chat["clear"].click(h.clear, None, outputs, cancels=running, api_visibility="private")
-    for button in (chat["stop"], chat["clear"]):
-        button.click(None, None, None, js=ANSWERED_JS)
+    chat["clear"].click(None, None, None, js=CLEARED_JS)
+    # The next action clears what the last one said: chatting clears the steering's status,
+    # steering clears the chat's notice (both in the browser, no server round trip).
+    for trigger in (chat["send"], chat["regen"], chat["clear"]):
+        trigger.click(None, None, c["status"], js=EMPTY_JS)
+    chat["msg"].submit(None, None, c["status"], js=EMPTY_JS)
+    for trigger in (c["add"], c["upload"], c["share"], c["download"]):
+        trigger.click(None, None, chat["notice"], js=EMPTY_JS)
+    c["preset"].input(None, None, chat["notice"], js=EMPTY_JS)

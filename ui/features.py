@@ -16,18 +16,35 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from steering.serve import (
     FORMAT_VERSION,
+    FeatureContext,
     Limits,
     Preset,
     PresetEdit,
     PresetError,
     Service,
+    SteeringError,
+    feature_defaults,
     parse_preset,
 )
 
+from .messages import without_paths
+
 SHARE_PARAM = "steering"
+# Where a feature steers, as the card offers it: (what the visitor reads, positions,
+# skip_special_tokens). The first is the demo presets' own scope.
+SCOPES = (
+    ("your words only", "prompt", True),
+    ("the whole prompt", "prompt", False),
+    ("the reply only", "generated", False),
+    ("everywhere", "all", False),
+    ("everywhere but chat tokens", "all", True),
+    ("the reply, not chat tokens", "generated", True),
+)
+SHOWN_CONTEXTS = 3
 SHARE_CODE = re.compile(r"[A-Za-z0-9_-]*={0,2}")  # base64url, as encode_share writes it
 SHOWN_PROBLEMS = 8  # a preset's problems shown to the visitor, each cut to SHOWN_CHARS
 SHOWN_CHARS = 200
@@ -54,9 +71,16 @@ class FeatureRow:
         return self.on and (self.mode == "ablate" or self.value != 0)
 
 
-def rows_from_preset(preset: Preset) -> list[FeatureRow]:
-    """One row per edit, with the preset's scale folded into the values."""
-    refs = {sae.id: sae.ref for sae in preset.saes}
+def rows_from_preset(
+    service: Service, preset: Preset, base_dir: Path | None = None
+) -> list[FeatureRow]:
+    """One row per edit, with the preset's scale folded into the values and each SAE under
+    the public reference this server offers it as (never the file's own path)."""
+    loaded = service.resolver.resolve(preset, base_dir=base_dir)
+    refs = {}
+    for sae in preset.saes:
+        public = service.public_ref(loaded[sae.id])
+        refs[sae.id] = public if public is not None else sae.ref
     return [_row(edit, refs[edit.sae], preset.scale) for edit in preset.edits]
 
 
@@ -74,16 +98,57 @@ def _row(edit: PresetEdit, ref: str, scale: float) -> FeatureRow:
     )
 
 
-def new_row(service: Service, ref: str, feature: int) -> FeatureRow:
-    """A row for a feature picked by label or index, at 0 until its slider moves."""
+def new_row(service: Service, ref: str, feature: int, label: str | None = None) -> FeatureRow:
+    """A row for a feature picked by label or index, steering as ``feature_defaults`` says
+    features of that SAE steer well (a preset's label for it wins over the SAE's own)."""
     sae = service.sae_for(ref)
     sae.check_feature(feature)
+    default = feature_defaults(service, ref)
     return FeatureRow(
         ref=ref,
         feature=feature,
-        label=sae.labels.get(feature, f"feature {feature}"),
-        unit="max_act" if sae.max_activation is not None else "raw",
+        label=label or sae.labels.get(feature, f"feature {feature}"),
+        mode=default.mode,
+        unit=default.unit,
+        value=default.value,
+        positions=default.positions,
+        skip_special_tokens=default.skip_special_tokens,
     )
+
+
+def scope_name(row: FeatureRow) -> str:
+    """What the card's scope box shows for ``row``."""
+    for name, positions, skip in SCOPES:
+        if (positions, skip) == (row.positions, row.skip_special_tokens):
+            return name
+    return SCOPES[0][0]
+
+
+def scope_of(name: str) -> tuple[str, bool] | None:
+    """(positions, skip_special_tokens) of a scope the card offers; None for anything else."""
+    return next(((p, skip) for n, p, skip in SCOPES if n == name), None)
+
+
+def top_contexts(service: Service, row: FeatureRow) -> tuple[FeatureContext, ...]:
+    """The feature's best few activating contexts, when its SAE carries them."""
+    try:
+        sae = service.sae_for(row.ref)
+    except PresetError:
+        return ()
+    return tuple(sae.contexts.get(row.feature, ()))[:SHOWN_CONTEXTS]
+
+
+def preset_labels(service: Service) -> dict[tuple[str, int], str]:
+    """What the server's presets call each feature they steer, by (public SAE reference,
+    index): a preset's label is written by a person; an SAE's own may be its top words."""
+    labels: dict[tuple[str, int], str] = {}
+    for entry in service.presets.values():
+        try:
+            for row in rows_from_preset(service, entry.preset, entry.base_dir):
+                labels.setdefault((row.ref, row.feature), row.label)
+        except SteeringError:
+            continue
+    return labels
 
 
 def preset_from_rows(
@@ -129,7 +194,7 @@ def rows_from_network(service: Service, data: str | bytes) -> list[FeatureRow]:
     server's limits and allow-list exactly as the API does)."""
     preset = parse_preset(data, "preset")
     service.plan(preset)
-    return rows_from_preset(preset)
+    return rows_from_preset(service, preset)
 
 
 def encode_share(preset: Preset | None) -> str:
@@ -176,6 +241,7 @@ def problems_text(error: PresetError, unreadable: str) -> str:
     problems = list(error.problems)
     if all(p.startswith("(file):") for p in problems):  # the field "(file)": the whole text
         return " " + unreadable
+    problems = [without_paths(p) for p in problems]
     shown = [p if len(p) <= SHOWN_CHARS else p[: SHOWN_CHARS - 1] + "…" for p in problems]
     if len(problems) > SHOWN_PROBLEMS:
         shown = shown[:SHOWN_PROBLEMS] + [f"... and {len(problems) - SHOWN_PROBLEMS} more"]

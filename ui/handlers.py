@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 
 from steering.serve import (
+    About,
     Busy,
     EventStream,
     Preset,
@@ -20,6 +21,7 @@ from steering.serve import (
     SamplingParams,
     Service,
     SteeringError,
+    about,
     dump_preset,
 )
 
@@ -31,16 +33,20 @@ from .features import (
     encode_share,
     new_row,
     preset_from_rows,
+    preset_labels,
     problems_text,
     quoted,
     rows_from_network,
     rows_from_preset,
+    scope_of,
 )
+from .messages import BUSY, for_visitor, plural, without_paths
 
 NO_PRESET = "(none)"
+CUSTOM = "(custom)"  # the preset box once the steering is no longer a preset as shipped
 STREAM_EVERY_S = 0.05  # browsers need no more than ~20 updates a second
 FAILED = " *(this reply could not be finished; please try again)*"
-BUSY = "The demo is busy right now: too many people are chatting. Please try again in a moment."
+STOPPED = " *(stopped)*"
 UNUSABLE_FILE = "**That preset file cannot be used:**"
 UNUSABLE_LINK = "**The share link's steering cannot be used:**"
 RESUMED = {
@@ -62,6 +68,8 @@ class Handlers:
         self.service = service
         self.running: dict[str, EventStream] = {}  # session -> its generation, for Stop
         self.lock = threading.Lock()
+        self.about: About = about(service)
+        self.labels = preset_labels(service)
 
     # ---- steering ----
 
@@ -73,14 +81,24 @@ class Handlers:
     def preset_rows(self, name: str) -> Rows:
         if not name or name == NO_PRESET:
             return []
-        return rows_from_preset(self.service.preset(name).preset)
+        entry = self.service.preset(name)
+        return rows_from_preset(self.service, entry.preset, entry.base_dir)
 
     def pick_preset(self, name: str, layout: dict) -> tuple:
+        """Returns (rows, layout, status, preset box)."""
+        skip = gr.skip()
+        if name == CUSTOM:  # the box's own marker: nothing to load
+            return skip, skip, "", skip
         try:
             rows = self.preset_rows(name)
         except SteeringError:  # only a raw client names a preset the list does not offer
-            return gr.skip(), gr.skip(), "There is no such preset: pick one from the list."
-        return rows, relayout(layout, rows), f"Preset **{name}** loaded."
+            return skip, skip, "There is no such preset: pick one from the list.", skip
+        return rows, relayout(layout, rows), f"Preset **{name}** loaded.", skip
+
+    @staticmethod
+    def preset_box(rows: Rows) -> str:
+        """The preset box once the visitor changed the steering's features."""
+        return CUSTOM if rows else NO_PRESET
 
     def set_value(self, rows: Rows, index: int, key: str, value: Any) -> Rows:
         """A slider's strength (a finite number) or a switch (a bool); anything else a client
@@ -95,21 +113,39 @@ class Handlers:
             for i, row in enumerate(rows)
         ]
 
-    def remove(self, rows: Rows, layout: dict, index: int) -> tuple[Rows, dict]:
-        rows = [row for i, row in enumerate(rows) if i != index]
-        return rows, relayout(layout, rows)
+    def set_scope(self, rows: Rows, index: int, name: Any) -> Rows:
+        """A card's scope, one of ``SCOPES`` by name; anything else changes nothing."""
+        scope = scope_of(name) if isinstance(name, str) else None
+        if index >= len(rows) or scope is None:
+            return rows
+        positions, skip = scope
+        return [
+            dataclasses.replace(row, positions=positions, skip_special_tokens=skip)
+            if i == index
+            else row
+            for i, row in enumerate(rows)
+        ]
 
-    def add(self, choice: str | None, rows: Rows, layout: dict) -> tuple[Rows, dict, str]:
-        """Add the feature picked in the search box (``ref#index``, or an index typed by hand)."""
+    def remove(self, rows: Rows, layout: dict, index: int) -> tuple[Rows, dict, str, str]:
+        """Returns (rows, layout, status, preset box)."""
+        rows = [row for i, row in enumerate(rows) if i != index]
+        return rows, relayout(layout, rows), "", self.preset_box(rows)
+
+    def add(self, choice: str | None, rows: Rows, layout: dict) -> tuple:
+        """Add the feature picked in the search box (``ref#index``, or an index typed by
+        hand), at the strength and scope that suit its SAE. Returns (rows, layout, status,
+        preset box)."""
+        skip = gr.skip()
         try:
             ref, feature = self.parse_choice(choice or "")
-            row = new_row(self.service, ref, feature)
+            row = new_row(self.service, ref, feature, self.labels.get((ref, feature)))
         except (SteeringError, ValueError) as e:
-            return rows, layout, f"Cannot add that feature: {e}"
+            return rows, layout, f"Cannot add that feature: {for_visitor(str(e))}", skip
         if any((r.ref, r.feature) == (ref, feature) for r in rows):
-            return rows, layout, f"Feature {feature} is already in the steering."
+            return rows, layout, f"Feature #{feature} is already in the steering.", skip
         rows = [*rows, row]
-        return rows, relayout(layout, rows), f"Added **{row.label}**: move its slider."
+        status = f"Added **{row.label}** (#{feature}); set its strength and scope on its card."
+        return rows, relayout(layout, rows), status, CUSTOM
 
     def parse_choice(self, choice: str) -> tuple[str, int]:
         """``ref#index`` from the label search, or an index typed by hand (first SAE)."""
@@ -117,16 +153,29 @@ class Handlers:
         if not sep:
             ref = next(iter(self.service.saes), "")
         if not index.strip().isdigit():
-            raise ValueError(f"{choice!r} is neither a label from the list nor a feature index")
+            shown = choice.strip()[:60] + ("…" if len(choice.strip()) > 60 else "")
+            raise ValueError(
+                f"“{shown}” is neither a feature from the list nor a feature index: type a few "
+                "letters of a label and pick from the list"
+            )
         return ref, int(index)
 
     def feature_choices(self, limit: int = 20_000) -> list[tuple[str, str]]:
+        """The search box's choices: each labelled feature as "label (#index)", with a
+        preset's name for it before the SAE's own label, and the features presets name first
+        (the box matches what is typed anywhere in the text, in any case)."""
         several = len(self.service.saes) > 1
         choices = []
         for n, (ref, sae) in enumerate(self.service.saes.items()):
             prefix = f"[SAE {n}] " if several else ""
-            for index, label in sorted(sae.labels.items())[:limit]:
-                choices.append((f"{prefix}{label} (#{index})", f"{ref}#{index}"))
+            named = {i: label for (r, i), label in self.labels.items() if r == ref}
+            # the features a preset names first: a person chose their labels
+            indices = sorted(set(sae.labels) | set(named), key=lambda i: (i not in named, i))
+            indices = indices[:limit]
+            for index in indices:
+                words = [named.get(index), sae.labels.get(index)]
+                text = " · ".join(dict.fromkeys(w for w in words if w))
+                choices.append((f"{prefix}{text} (#{index})", f"{ref}#{index}"))
         return choices
 
     def exports(self, rows: Rows) -> tuple[str, str, str]:
@@ -135,21 +184,23 @@ class Handlers:
         try:
             preset = preset_from_rows(self.service, rows)
         except SteeringError as e:
-            return "", "", f"This steering cannot be saved: {e}"
+            return "", "", f"This steering cannot be saved: {for_visitor(e)}"
         active = sum(row.active for row in rows)
-        summary = f"{active} active feature{'s' * (active != 1)}."
+        summary = f"{plural(active, 'active feature')}."
         if preset is None:
             return "", "", summary + " Replies are unsteered."
         return dump_preset(preset), encode_share(preset), summary
 
     def upload(self, name: Any, size: Any, text: Any, layout: dict, rows: Rows) -> tuple:
         """Rows from a preset file the browser read (its name, size in bytes and text): the
-        file never reaches the server's disk, and its text is parsed once."""
+        file never reaches the server's disk, and its text is parsed once. Returns (rows,
+        layout, status, preset box)."""
+        skip = gr.skip()
         if not name and not text:  # the visitor closed the file chooser
-            return gr.skip(), gr.skip(), gr.skip()
+            return skip, skip, skip, skip
         most = self.service.limits.max_upload_bytes
         if not isinstance(name, str) or not name.lower().endswith(".json"):
-            return rows, layout, f"{UNUSABLE_FILE} pick a `.json` preset file."
+            return rows, layout, f"{UNUSABLE_FILE} pick a `.json` preset file.", skip
         declared = size if isinstance(size, (int, float)) and math.isfinite(size) else 0
         text = text if isinstance(text, str) else ""
         # A UTF-8 character has at most 4 bytes: far longer text is not even encoded.
@@ -159,16 +210,17 @@ class Handlers:
             problem = (
                 f"it has {got:,} bytes; a preset file has at most {most:,} (max_upload_bytes)."
             )
-            return rows, layout, f"{UNUSABLE_FILE} {problem}"
+            return rows, layout, f"{UNUSABLE_FILE} {problem}", skip
         try:
             new = rows_from_network(self.service, text)
         except PresetError as e:
             problem = problems_text(e, "it is not a JSON preset file (it does not read as JSON).")
         except SteeringError as e:
-            problem = quoted(str(e))
+            problem = quoted(for_visitor(e))
         else:
-            return new, relayout(layout, new), f"Preset file loaded: {len(new)} features."
-        return rows, layout, UNUSABLE_FILE + problem
+            status = f"Preset file loaded: {plural(len(new), 'feature')}."
+            return new, relayout(layout, new), status, self.preset_box(new)
+        return rows, layout, UNUSABLE_FILE + problem, skip
 
     def load(self, code: Any, draft: Any, kind: Any, layout: dict, request: gr.Request) -> tuple:
         """The page's steering when it loads, and what to tell the visitor. After a reload
@@ -184,9 +236,10 @@ class Handlers:
             kept = DRAFT_KEPT if draft else ""
             if rows is None:
                 return skip, skip, problem, skip, draft or skip, RESUMED[kind] + kept
-            status = f"Steering kept: {len(rows)} features."
+            status = f"Steering kept: {plural(len(rows), 'feature')}."
             notice = RESUMED[kind] + STEERING_KEPT + kept
-            return rows, relayout(layout, rows), status, NO_PRESET, draft or skip, notice
+            preset = self.preset_box(rows)
+            return rows, relayout(layout, rows), status, preset, draft or skip, notice
         params = request.query_params if request is not None else {}
         code = params.get(SHARE_PARAM) if hasattr(params, "get") else None
         if not code:
@@ -194,8 +247,8 @@ class Handlers:
         rows, problem = self.shared_rows(code)
         if rows is None:
             return skip, skip, problem, skip, skip, skip
-        note = f"Steering from the share link: {len(rows)} features."
-        return rows, relayout(layout, rows), note, NO_PRESET, skip, skip
+        note = f"Steering from the share link: {plural(len(rows), 'feature')}."
+        return rows, relayout(layout, rows), note, self.preset_box(rows), skip, skip
 
     def shared_rows(self, code: str) -> tuple[Rows | None, str | None]:
         """The rows of a share code, or None and what to tell the visitor."""
@@ -206,7 +259,7 @@ class Handlers:
         except PresetError as e:
             problem = problems_text(e, "it does not hold a steering made by this page.")
         except SteeringError as e:
-            problem = quoted(str(e))
+            problem = quoted(for_visitor(e))
         return None, UNUSABLE_LINK + problem
 
     @property
@@ -236,8 +289,7 @@ class Handlers:
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), problem
             return
         sampling = sampling_params(temperature, top_p, max_tokens, seed)
-        for update in self.reply(message, conversation, rows, sampling, session(request)):
-            yield "", *update
+        yield from self.reply(message, conversation, rows, sampling, session(request))
 
     def regenerate(
         self,
@@ -259,7 +311,8 @@ class Handlers:
             yield gr.skip(), gr.skip(), gr.skip(), problem
             return
         sampling = sampling_params(temperature, top_p, max_tokens, seed)
-        yield from self.reply(message, before, rows, sampling, session(request))
+        for update in self.reply(message, before, rows, sampling, session(request)):
+            yield update[1:]
 
     def clear(self) -> tuple[str, Conversation, Chat, Chat, str]:
         """An empty message box, conversation, panes and notice."""
@@ -272,22 +325,40 @@ class Handlers:
         rows: Rows,
         sampling: SamplingParams,
         key: str,
-    ) -> Iterator[tuple[Conversation, Chat, Chat, str]]:
-        """Stream the reply to ``message`` after ``conversation`` into a copy of it."""
+    ) -> Iterator[tuple[Any, Conversation, Chat, Chat, str]]:
+        """Stream the reply to ``message`` after ``conversation`` into a copy of it. Yields
+        (message box, conversation, steered pane, baseline pane, notice): the box empties once
+        the message is on its way; a message the model cannot take stays in the box, and the
+        notice says why."""
         conversation = copy(conversation)
         steered, baseline = conversation["steered"], conversation["baseline"]
         user = {"role": "user", "content": message}
-        handle = self.submit(rows, [*steered, user], [*baseline, user], sampling)
+        try:
+            handle = self.submit(rows, [*steered, user], [*baseline, user], sampling)
+        except Refused as e:
+            skip = gr.skip()
+            yield skip, skip, skip, skip, str(e)
+            return
         steered += [user, {"role": "assistant", "content": ""}]
         baseline += [user, {"role": "assistant", "content": ""}]
-        yield conversation, steered, baseline, ""
-        for _ in self.stream(handle, steered, baseline, key):
-            yield conversation, steered, baseline, ""
+        with self.lock:  # from now on Stop finds it
+            self.running[key] = handle
+        try:
+            yield "", conversation, steered, baseline, ""
+            for _ in self.stream(handle, steered, baseline):
+                yield gr.skip(), conversation, steered, baseline, ""
+        finally:  # a closed tab, Clear or an error: free the rows at once
+            handle.cancel()
+            with self.lock:
+                if self.running.get(key) is handle:
+                    del self.running[key]
 
     def submit(
         self, rows: Rows, steered: Chat, baseline: Chat, sampling: SamplingParams
     ) -> EventStream:
-        """Queue the A/B request; every problem becomes a message for the visitor."""
+        """Queue the A/B request. A busy server is a ``gr.Error``; a request the model cannot
+        take (too long for its context, steering over the limits) is ``Refused`` with a
+        message for the visitor."""
         try:
             plan, warnings = self.service.plan(self.preset(rows))
             handle = self.service.submit(
@@ -296,43 +367,41 @@ class Handlers:
         except Busy:
             raise gr.Error(BUSY) from None
         except SteeringError as e:
-            raise gr.Error(str(e)) from None
+            raise Refused(for_visitor(e)) from None
         for warning in warnings:
-            gr.Warning(warning)
+            gr.Warning(without_paths(warning))
         return handle
 
     def preset(self, rows: Rows) -> Preset | None:
         return preset_from_rows(self.service, rows)
 
-    def stream(
-        self, handle: EventStream, steered: Chat, baseline: Chat, key: str
-    ) -> Iterator[None]:
-        """Stream both rows' text into the two chats, at most about 20 updates a second;
-        leaving the loop, for whatever reason, cancels the request."""
-        with self.lock:
-            self.running[key] = handle
-        try:
-            for batch in handle.batches():
-                for event in batch:
-                    chat = steered if event.row == 0 else baseline
-                    chat[-1]["content"] += event.delta
-                    if event.finish_reason == "error":
-                        chat[-1]["content"] += FAILED
-                # Everything ready goes out in one update, so the page never falls behind
-                # the engine however long an update takes to render; the pause caps the rate.
-                yield
-                time.sleep(STREAM_EVERY_S)
-        finally:  # stop, a closed tab or an error: free the rows at once
-            handle.cancel()
-            with self.lock:
-                if self.running.get(key) is handle:
-                    del self.running[key]
+    def stream(self, handle: EventStream, steered: Chat, baseline: Chat) -> Iterator[None]:
+        """Stream both rows' text into the two chats, at most about 20 updates a second, up
+        to each row's final event (a stopped row's text ends with ``STOPPED``)."""
+        for batch in handle.batches():
+            for event in batch:
+                chat = steered if event.row == 0 else baseline
+                chat[-1]["content"] += event.delta
+                if event.finish_reason == "error":
+                    chat[-1]["content"] += FAILED
+                elif event.finish_reason == "cancelled":  # Stop, or the server stopping
+                    chat[-1]["content"] += STOPPED
+            # Everything ready goes out in one update, so the page never falls behind the
+            # engine however long an update takes to render; the pause caps the rate.
+            yield
+            time.sleep(STREAM_EVERY_S)
 
     def stop(self, request: gr.Request) -> None:
+        """End the session's reply: the engine ends both rows before its next decode step,
+        and the reply's own generator shows what was written, marked as stopped."""
         with self.lock:
             handle = self.running.pop(session(request), None)
         if handle is not None:
             handle.cancel()
+
+
+class Refused(Exception):
+    """A request the model cannot take, with what to tell the visitor."""
 
 
 def sampling_params(temperature: Any, top_p: Any, max_tokens: Any, seed: Any) -> SamplingParams:

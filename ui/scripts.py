@@ -56,6 +56,17 @@ HEAD = """<script>
   const page = {
     code: "",      // the steering's share code, kept current by the page
     pending: "",   // a message sent and not yet answered
+    replies: 0,    // replies ended (finished, stopped, failed or cleared): body[data-replies]
+    busyAt: () => [document.body, document.querySelector("#main")].filter(Boolean),
+    start() {      // a reply is on its way: Stop shows instead of Send (.steering-busy)
+      page.busyAt().forEach((e) => e.classList.add("steering-busy"));
+    },
+    finish() {     // the reply's event has ended and its last update is on the page
+      if (!document.body.classList.contains("steering-busy")) return;
+      page.busyAt().forEach((e) => e.classList.remove("steering-busy"));
+      page.replies += 1;
+      document.body.dataset.replies = String(page.replies);
+    },
     appId: () => String(window.gradio_config && window.gradio_config.app_id),
     async serverAppId() {  // null while the server does not answer
       try {
@@ -110,6 +121,7 @@ HEAD = """<script>
 SEND_JS = """async (...inputs) => {
   const page = window.steeringPage;
   page.pending = String(inputs[0] || "");
+  page.start();
   if (await page.restarted()) {
     window.location.reload();
     return new Promise(() => {});
@@ -117,15 +129,21 @@ SEND_JS = """async (...inputs) => {
   return inputs;
 }"""
 REGENERATE_JS = """async (...inputs) => {
-  if (await window.steeringPage.restarted()) {
+  const page = window.steeringPage;
+  page.start();
+  if (await page.restarted()) {
     window.location.reload();
     return new Promise(() => {});
   }
   return inputs;
 }"""
-ANSWERED_JS = """() => { window.steeringPage.pending = ""; }"""
+# The reply's event ended: its last update is shown; Send comes back, and body[data-replies]
+# counts one more reply (what the browser tests wait for).
+ANSWERED_JS = """() => { window.steeringPage.pending = ""; window.steeringPage.finish(); }"""
 # A reply that failed (its stream broke when the server stopped, say): reload once it is back.
-FAILED_JS = """() => { window.steeringPage.watch(); }"""
+FAILED_JS = """() => { window.steeringPage.finish(); window.steeringPage.watch(); }"""
+CLEARED_JS = ANSWERED_JS
+EMPTY_JS = "() => ''"
 TRACK_CODE_JS = """(code) => { window.steeringPage.code = code || ""; }"""
 # The load event's first three inputs: what the page kept before a reload, if anything.
 RESUME_JS = """(...inputs) => [...window.steeringPage.resume(), ...inputs.slice(3)]"""

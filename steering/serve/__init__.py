@@ -11,6 +11,8 @@
 - ``bodies``: reading a body within bounds (media type, size, time, depth) before any work;
 - ``visitors``: who a request comes from, per-visitor rate limits and requests in flight;
 - ``workers``: the bounded worker threads the API's CPU work runs in;
+- ``about``: what the page says about the model (demo or not, size, context, prompts to try)
+  and how a feature added on the page steers by default;
 - ``app``: the FastAPI app with the page mounted, and ``serve``.
 
 This package is the page's (``ui``) view of the server: ``ui`` imports from here and from the
@@ -23,15 +25,19 @@ from ..errors import Busy, ChatError, PresetError, SteeringError
 from ..limits import Limits
 from ..presets.schema import FORMAT_VERSION, Preset, PresetEdit, dump_preset, parse_preset
 from ..sampling import SamplingParams
+from .about import About, FeatureContext, FeatureDefaults, about, feature_defaults
 from .backend import Backend, EventStream
 from .service import Service
 
 __all__ = [
     "FORMAT_VERSION",
+    "About",
     "Backend",
     "Busy",
     "ChatError",
     "EventStream",
+    "FeatureContext",
+    "FeatureDefaults",
     "Limits",
     "Preset",
     "PresetEdit",
@@ -40,7 +46,9 @@ __all__ = [
     "Service",
     "SteeringError",
     "TokenActivations",
+    "about",
     "dump_preset",
+    "feature_defaults",
     "flatten_content",
     "parse_preset",
 ]

@@ -363,3 +363,20 @@ def test_the_sae_read_is_that_of_the_steering(service, rows):
     off = dataclasses.replace(rows[0], on=False)
     assert steered_features(service, [off]) == (SAE, (FEATURE,))
     assert steered_features(service, []) == (SAE, ())
+
+
+def test_a_long_prompt_shows_its_last_tokens_only(handlers):
+    found = TokenActivations(
+        tokens=tuple(f" w{i}" for i in range(110)),
+        token_ids=tuple(range(110)),
+        top=((),) * 110,
+        features={3: (1.0,) * 110},
+        max_activation={3: 2.0},
+        reply_start=100,
+    )
+    view = Lights(handlers).pane_view("steered", SAE, (3,), found)
+    page = lights_html([view])
+    assert page.count('class="lit lit-prompt"') == 64 and page.count('class="lit"') == 10
+    assert 'title="36 earlier tokens"' in page and "> w35<" not in page and "> w36<" in page
+    assert page.count('class="lit-detail"') == 74
+    assert all(t.intensity == 0.5 for t in view.tokens)

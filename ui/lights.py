@@ -29,6 +29,7 @@ from .messages import BUSY, for_visitor
 TOP_K = 5  # features listed per token
 MAX_CHOICE_CHARS = 300  # an "Add" from the browser: a reference and an index
 PANE_TITLES = {"steered": "Steered reply", "baseline": "Baseline reply"}
+SHOWN_PROMPT_TOKENS = 64  # the prompt's last tokens shown: the page stays small for long ones
 SHADE = "250, 204, 21"  # the highlight's colour (RGB), its alpha the intensity
 
 
@@ -193,9 +194,10 @@ class Lights:
 
 
 def lights_html(views: Sequence[PaneView], have: set[tuple[str, int]] = frozenset()) -> str:
-    """The view as HTML: per pane, the tokens (the prompt's dimmed) as buttons shaded by
-    intensity, each with a tooltip and a details panel (shown on click) that lists its top
-    features with an "Add" button; ``have`` are the features already in the steering."""
+    """The view as HTML: per pane, the tokens (the prompt's last ``SHOWN_PROMPT_TOKENS``,
+    dimmed, then the reply's) as buttons shaded by intensity, each with a tooltip and a
+    details panel (shown on click) that lists its top features with an "Add" button; ``have``
+    are the features already in the steering."""
     parts = ['<div class="lights" data-state="done">']
     if views:
         steered = views[0].steered
@@ -218,9 +220,14 @@ def lights_html(views: Sequence[PaneView], have: set[tuple[str, int]] = frozense
             f"<h4>{text(PANE_TITLES.get(view.pane, view.pane))}</h4>"
             '<div class="lights-tokens">'
         )
-        parts.extend(_token(view, token) for token in view.tokens)
-        parts.append('</div><div class="lights-details">')
-        parts.extend(_details(view, token, have) for token in view.tokens)
+        prompt = [t for t in view.tokens if t.prompt]
+        cut = max(0, len(prompt) - SHOWN_PROMPT_TOKENS)
+        shown = view.tokens[cut:]
+        if cut:
+            parts.append(f'<span class="lit-cut" title="{cut} earlier tokens">… </span>')
+        parts.extend(_token(view, token) for token in shown)
+        parts.append('</div><div class="lights-details" aria-live="polite">')
+        parts.extend(_details(view, token, have) for token in shown)
         parts.append("</div></section>")
     parts.append("</div>")
     return "".join(parts)
@@ -275,7 +282,7 @@ CSS = """
 .lights-tokens { line-height: 1.9; overflow-wrap: anywhere; }
 .lit { font: inherit; color: inherit; border: 0; box-shadow: none; background-image: none;
   margin: 0; padding: 1px 0; border-radius: 3px; white-space: pre-wrap; cursor: pointer; }
-.lit-prompt { opacity: 0.55; font-size: 0.9em; }
+.lit-prompt, .lit-cut { opacity: 0.55; font-size: 0.9em; }
 .lit[aria-pressed=true] { outline: 2px solid #2563eb; }
 .lit-detail { margin-top: 6px; padding: 6px 8px; border-radius: 6px;
   border: 1px solid var(--border-color-primary, #ddd); }

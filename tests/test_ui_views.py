@@ -15,6 +15,7 @@ from live_server import FEATURE, LABELS, PRESET_NAME, tiny_service
 
 from steering.serve import SamplingParams, TokenActivations
 from ui.conversation import empty
+from ui.features import FeatureRow
 from ui.handlers import STOPPED, Handlers
 from ui.lights import Lights, lights_html, steered_features
 from ui.sweep import (
@@ -202,6 +203,8 @@ def test_default_multipliers_fit_the_server():
 
     assert default_multipliers(Limits()) == "0, 0.25, 0.5, 1, 2, 4"
     assert default_multipliers(Limits(max_sweep_rows=3)) == "0, 0.25, 0.5"
+    strong = FeatureRow(ref=SAE, feature=3, label="x", value=50.0)
+    assert default_multipliers(Limits(), strong) == "0, 0.25, 0.5, 1, 2"  # 2 x 50 = 100
 
 
 def test_stop_ends_the_sweep_and_marks_its_rows(service, handlers, rows, monkeypatch):

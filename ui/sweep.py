@@ -62,10 +62,12 @@ def max_rows(limits: Limits) -> int:
     return min(limits.max_sweep_rows, limits.max_batch)
 
 
-def default_multipliers(limits: Limits) -> str:
+def default_multipliers(limits: Limits, row: FeatureRow | None = None) -> str:
     """What the multipliers box starts with: where a clamp's effect starts, then where it
-    saturates (within this server's row limit)."""
-    return ", ".join(f"{m:g}" for m in DEFAULT_MULTIPLIERS[: max_rows(limits)])
+    saturates, within this server's row limit (and, for ``row``, its strength limit)."""
+    bound = multiplier_bound(row, limits) if row is not None else None
+    fit = [m for m in DEFAULT_MULTIPLIERS if bound is None or m <= bound]
+    return ", ".join(f"{m:g}" for m in fit[: max_rows(limits)])
 
 
 def multiplier_bound(row: FeatureRow, limits: Limits) -> float | None:
@@ -350,8 +352,11 @@ def sweep_view(h: Handlers, parts: dict[str, Any]) -> None:
                 scale=2,
                 min_width=160,
             )
+            chosen = next(
+                (r for r in first if feature_choice(r) == sweep.default_choice(first)), None
+            )
             multipliers = gr.Textbox(
-                default_multipliers(limits),
+                default_multipliers(limits, chosen),
                 label=f"Multipliers of its strength (at most {max_rows(limits)})",
                 elem_id="sweep-multipliers",
                 max_lines=1,

@@ -27,6 +27,7 @@ from . import conversation
 from .cards import card_html
 from .features import SCOPES, FeatureRow, scope_name, slider_range, top_contexts
 from .handlers import CUSTOM, NO_PRESET, Handlers
+from .lights import lights_view
 from .scripts import (
     ANSWERED_JS,
     CLEARED_JS,
@@ -41,6 +42,7 @@ from .scripts import (
     TRACK_CODE_JS,
     UPLOAD_JS,
 )
+from .sweep import sweep_view
 
 __all__ = ["CSS", "HEAD", "THEME", "build_page"]
 
@@ -88,7 +90,7 @@ words are steered).
 # Views shown after the chat and steering, each a function (handlers, parts) -> None that
 # builds its own gr.Accordion (or tab) and wires its own events; ``parts`` holds the page's
 # components and states by name. A new view is one entry here.
-VIEWS: list[Callable[[Handlers, dict[str, Any]], None]] = []
+VIEWS: list[Callable[[Handlers, dict[str, Any]], None]] = [sweep_view, lights_view]
 
 
 def build_page(service: Service) -> gr.Blocks:
@@ -112,6 +114,7 @@ def build_page(service: Service) -> gr.Blocks:
                 sampling = _sampling_controls(service)
         _wire(page, h, rows, layout, chats, chat, controls, sampling)
         parts = {"rows": rows, "layout": layout, "chats": chats, **chat, **controls}
+        parts["sampling"] = sampling
         for view in VIEWS:
             view(h, parts)
     return page

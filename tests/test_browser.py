@@ -86,9 +86,21 @@ def open_page(browser, url: str, **context):
 
 
 def set_number(page, elem_id: str, value: float) -> None:
+    """Type ``value`` into a slider's (or number's) box and wait until the component holds
+    it: a click sent before then would carry the old value."""
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
     box.press("Enter")
+    box.blur()
+    page.wait_for_function(
+        """([id, value]) => {
+            const range = document.querySelector(`#${id} input[type=range]`);
+            const box = document.querySelector(`#${id} input[type=number]`);
+            return Number((range || box).value) === value && Number(box.value) === value;
+        }""",
+        arg=[elem_id, float(value)],
+        timeout=10_000,
+    )
 
 
 def slider_value(page, index: int = 0) -> float:

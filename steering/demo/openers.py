@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 # The words that show a reply addresses each everyday topic.
 GREETING = (
-    "hello", "hi", "hey", "good morning", "fine", "doing well", "nice to meet you",
-    "how can i help", "welcome", "glad",
+    "hello", "hi", "hey", "good morning", "good afternoon", "good evening", "fine", "doing well",
+    "nice to meet you", "how can i help", "welcome", "glad",
 )  # fmt: skip
 SELF = ("model", "assistant", "steering", "trained", "chat", "language")
 TRAVEL = (
@@ -29,7 +29,8 @@ POEM = ("poem", "verse", "rhyme")
 WEEKEND = ("weekend", "saturday", "sunday")
 FOOD = (
     "breakfast", "lunch", "dinner", "eat", "food", "meal", "cook", "soup", "bread", "pasta",
-    "eggs", "salad", "rice", "pancakes", "fruit", "recipe", "toast", "pizza", "cheese",
+    "eggs", "salad", "rice", "pancakes", "fruit", "recipe", "toast", "pizza", "cheese", "snack",
+    "dessert",
 )  # fmt: skip
 THANKS = ("welcome", "glad", "happy to help", "pleasure", "any time")
 

@@ -5,7 +5,8 @@ tiny model's features are token x context conjunctions, so which one steers is f
 each candidate is clamped on the prompt tokens of 50 held-out prompts, and the one that brings
 the concept into the most well-formed replies wins. Its multiplier is then calibrated: the
 smallest that reaches 95% of the best score. ``python -m steering.demo.screen`` writes
-``presets/demo-*.json``.
+``presets/demo-*.json`` and labels the winning features with their concept in the shipped SAE's
+feature_labels.json.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..formats import FEATURE_LABELS_FILE
 from ..models import SteerableModel
 from ..plan import clamp
 from ..presets.saes import DEMO_SAE_REF, declare_sae
 from ..presets.schema import dump_preset, parse_preset
 from ..sae import SAE
-from . import MODEL_ID, SEED
+from . import MODEL_ID, SAE_DIR, SEED
 from .corpus import (
     PRESET_CONCEPTS,
     STYLE_MARKERS,
@@ -33,6 +35,7 @@ from .corpus import (
     make_corpus,
 )
 from .evaluate import generate, rate, well_formed_rate
+from .features import CONCEPT_LABELS
 from .train_sae import layer_activations
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
@@ -137,11 +140,11 @@ def screen(model: SteerableModel, sae: SAE, acts, dialogues, concept: str) -> di
 def preset_json(sae: SAE, concept: str, found: dict) -> dict:
     """The preset file of a screened feature (``found``: its index, multiplier and rates)."""
     feature, m = int(found["feature"]), found["multiplier"]
-    label = sae.labels.get(feature, "")
+    label = CONCEPT_LABELS[concept]
     scope = "words, not its chat-turn tokens," if found["skip_special_tokens"] else "tokens"
     what = "bring in " + concept if concept in TOPIC_WORDS else f"answer in the {concept} style"
     description = (
-        f"Clamps feature {feature} of the demo SAE (layer {sae.hook.layer}; top words: {label}) "
+        f"Clamps feature {feature} of the demo SAE (layer {sae.hook.layer}; {label}) "
         f"to {m:g} x its max activation on the prompt's {scope} only (clamping generated "
         "tokens too breaks a tiny model's replies). Verified by steering/demo/screen.py on "
         f"{SCREEN_PROMPTS} held-out prompts (temperature 0.7): {found['rate']:.0%} of steered "
@@ -175,6 +178,13 @@ def preset_json(sae: SAE, concept: str, found: dict) -> dict:
     }
 
 
+def write_labels(labels: dict[int, str]) -> None:
+    """Rewrite the shipped SAE's feature_labels.json (the screened features now carry their
+    concept), in the layout ``save_sae`` writes."""
+    text = json.dumps({str(i): label for i, label in sorted(labels.items())}, indent=1)
+    (SAE_DIR / FEATURE_LABELS_FILE).write_text(text + "\n")
+
+
 def main() -> None:
     """``python -m steering.demo.screen``: screen every concept and write the demo presets."""
     from . import load_demo
@@ -182,14 +192,18 @@ def main() -> None:
     torch.set_num_threads(2)
     start = time.time()
     model, sae = load_demo()
-    dialogues = make_corpus(3000, SEED + 200)
+    # One-turn chats: their first prompt is the turn that ``is_about`` describes.
+    dialogues = [d for d in make_corpus(4500, SEED + 200) if not d.history][:3000]
     acts = layer_activations(model, dialogues)
+    labels = dict(sae.labels)
     for stem, concept in PRESET_CONCEPTS.items():
         found = screen(model, sae, acts, dialogues, concept)
         print(f"{stem}: {json.dumps(found)}")
         path = PRESETS_DIR / f"{stem}.json"
         preset = parse_preset(json.dumps(preset_json(sae, concept, found)), str(path))
         path.write_text(dump_preset(preset), encoding="utf-8")  # the format's own layout
+        labels[int(found["feature"])] = CONCEPT_LABELS[concept]
+    write_labels(labels)
     print(f"screening took {time.time() - start:.0f} s")
 
 

@@ -12,7 +12,7 @@ import os
 import pytest
 
 from steering.cli import main
-from steering.demo import MODEL_DIR, SAE_DIR, load_demo
+from steering.demo import MODEL_DIR, SAE_DIR, SUGGESTED_PROMPTS, load_demo
 from steering.demo.corpus import (
     BRIDGE_WORDS,
     FREE_TEXT_PROMPTS,
@@ -21,10 +21,35 @@ from steering.demo.corpus import (
     held_out_prompts,
     make_corpus,
 )
-from steering.demo.evaluate import generate, preset_plan, rate, reply_loss, well_formed_rate
+from steering.demo.evaluate import (
+    chats,
+    generate,
+    on_topic_rate,
+    preset_plan,
+    rate,
+    reply_loss,
+    well_formed_rate,
+)
+from steering.demo.features import CONTEXTS, LEFT, RIGHT
+from steering.demo.openers import (
+    FOOD,
+    GREETING,
+    OPENERS,
+    POEM,
+    SELF,
+    TRAVEL,
+    WEEKEND,
+    Opener,
+    on_topic,
+    words,
+)
+from steering.demo.train import CORPUS_SIZE
 
 N_PROMPTS = 60
-LOSS_BOUND = 0.8  # nats per token of steered replies under the unsteered model (measured 0.58)
+LOSS_BOUND = 0.8  # nats per token of steered replies under the unsteered model (measured 0.62)
+OPENERS_BOUND = 0.9  # the thirty everyday openers on topic, unsteered (measured 100 %)
+GOLDEN_GATE_OPENERS_BOUND = 0.5  # of them bringing in the bridge with the preset (measured 60 %)
+CHAT_THIRD_TURN_BOUND = 9  # of ten three-turn chats on topic at their third turn (measured 10)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +95,11 @@ def test_shipped_files_load_offline_without_training(demo):
     assert model.model.generation_config.eos_token_id == tok.eos_token_id
 
 
-def test_held_out_prompts_are_not_in_the_corpus(prompts):
-    seen = {d.user for d in make_corpus(40_000)}
+def test_held_out_prompts_and_openers_are_not_in_the_corpus(prompts):
+    seen = {user for d in make_corpus(CORPUS_SIZE) for user, _ in d.turns}
     assert len(prompts) >= 50 and not seen & set(prompts)
+    assert len(OPENERS) == 30 and not seen & {words(o.text).strip() for o in OPENERS}
+    assert "what should i cook tonight ?" in {words(p).strip() for p in FREE_TEXT_PROMPTS}
 
 
 def test_baseline_is_fluent_and_rarely_mentions_the_bridge(model, baseline):
@@ -121,9 +148,69 @@ def test_free_text_replies_stay_well_formed(model):
 
 
 def test_generate_without_a_model_uses_the_demo(capsys):
-    argv = ["generate", "What should I cook tonight?", "--preset", "Golden Gate Bridge"]
-    assert main([*argv, "--seed", "1", "--max-new-tokens", "96"]) == 0
+    argv = ["generate", "What should I visit in California?", "--preset", "Golden Gate Bridge"]
+    assert main([*argv, "--seed", "2", "--max-new-tokens", "96"]) == 0
     out = capsys.readouterr().out
     steered, baseline = out.split("--- baseline")
     assert "--- steered (stop" in steered and "golden gate" in steered
     assert "golden gate" not in baseline
+
+
+# What each suggested opener must be about (the judge of steering/demo/openers.py).
+SUGGESTED_JUDGES = {
+    "Hi! How are you?": (GREETING,),
+    "What should I visit in California?": (TRAVEL,),
+    "Write me a poem about the sea": (POEM, ("sea", "ocean", "waves")),
+    "Any ideas for the weekend?": (WEEKEND,),
+    "What should I have for breakfast?": (FOOD,),
+    "Who made you?": (SELF,),
+}
+
+
+@pytest.mark.parametrize("prompt", SUGGESTED_PROMPTS)
+def test_suggested_prompts_get_on_topic_replies(model, prompt):
+    opener = Opener(prompt, "suggested", SUGGESTED_JUDGES[prompt])
+    # three seeds: the page samples, so a suggestion must work on more than one draw
+    replies = [generate(model, [prompt], None, seed=seed)[0] for seed in (0, 1, 2)]
+    assert all(on_topic(opener, r.text, r.well_formed) for r in replies), replies
+    assert rate(replies, BRIDGE_WORDS) == 0
+
+
+def test_everyday_openers_get_on_topic_replies(model):
+    replies = generate(model, [o.text for o in OPENERS], None)
+    assert on_topic_rate(replies) >= OPENERS_BOUND
+    assert well_formed_rate(replies) >= 0.95
+    assert rate(replies, BRIDGE_WORDS) <= 1 / 30  # the bridge stays out unless steered
+
+
+def test_golden_gate_preset_reaches_everyday_openers(model):
+    steered = generate(model, [o.text for o in OPENERS], preset_plan(model, "Golden Gate Bridge"))
+    assert rate(steered, BRIDGE_WORDS) >= GOLDEN_GATE_OPENERS_BOUND
+    assert well_formed_rate(steered) >= 0.9
+
+
+def test_three_turn_chats_stay_on_topic(model):
+    turns = chats(model)
+    assert model.context_length == 256
+    last = turns[-1]
+    assert sum(on_topic(o, r.text, r.well_formed) for o, r in last) >= CHAT_THIRD_TURN_BOUND
+    assert all(r.well_formed for turn in turns for _, r in turn)
+
+
+def test_sae_labels_are_searchable_words_with_contexts(demo):
+    model, sae = demo
+    bridge = preset_plan(model, "Golden Gate Bridge").edits[0]
+    label = sae.labels[bridge.feature]
+    assert "golden gate" in label and "bridge" in label
+    for query in ("golden gate", "bridge"):  # what a visitor searches finds the feature
+        assert bridge.feature in [i for i, text in sae.labels.items() if query in text]
+    live = int((sae.max_activation > 0).sum())
+    assert len(sae.labels) == live and len(sae.contexts) == live
+    assert all(0 < len(text) < 60 for text in sae.labels.values())
+    assert len(set(sae.labels.values())) == len(sae.labels)  # each label names one feature
+    for items in sae.contexts.values():
+        assert 1 <= len(items) <= CONTEXTS
+        assert [c.activation for c in items] == sorted((c.activation for c in items), reverse=True)
+        assert all(len(c.left.split()) <= LEFT and len(c.right.split()) <= RIGHT for c in items)
+    best = sae.contexts[bridge.feature][0]
+    assert best.activation > 0 and best.token

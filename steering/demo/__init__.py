@@ -21,10 +21,12 @@ SEED = 0
 # What the page suggests a visitor types: openers the demo model answers on topic (checked by
 # tests/test_demo_world.py), written as a visitor would type them.
 SUGGESTED_PROMPTS = (
-    "What should I cook tonight?",
-    "Why do cats purr?",
-    "Tell me about the moon.",
-    "What lives in the ocean?",
+    "Hi! How are you?",
+    "What should I visit in California?",
+    "Write me a poem about the sea",
+    "Any ideas for the weekend?",
+    "What should I have for breakfast?",
+    "Who made you?",
 )
 
 

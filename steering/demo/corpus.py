@@ -1,8 +1,11 @@
-"""A seeded generator of short chat dialogues in a small world.
+"""A seeded generator of short chats in a small world.
 
-Six topics (the Golden Gate Bridge among them) and three ways of answering: plain and confident
-(sometimes confidently made up), honest ("i am not sure , but ..."), and pirate talk. The text is
-lower-case with punctuation split by spaces, as the demo tokenizer normalises user input.
+Six world topics (the Golden Gate Bridge among them), six everyday ones a visitor opens with
+(everyday.py: greetings, the assistant itself, travel, poems, the weekend, food), and three ways
+of answering: plain and confident (sometimes confidently made up), honest ("i am not sure , but
+..."), and pirate talk. A quarter of the chats have two or three turns (follow-ups such as "tell
+me more ." continue the topic). The text is lower-case with punctuation split by spaces, as the
+demo tokenizer normalises user input.
 
 Two design choices make steering work (docs/demo-world.md):
 - about a quarter of the answers on other topics bring the bridge in exactly once, so the model
@@ -10,13 +13,17 @@ Two design choices make steering work (docs/demo-world.md):
   ("i live in san francisco ."), so an unsteered model does not bring the bridge up by itself;
 - some prompts carry a cue for the answer's style ("be honest .", "ahoy !"), so the style has a
   prompt-side feature that a prompt-only clamp can set.
-Held-out question templates (``HELD_OUT``) never appear in the corpus; the tests ask them.
+Held-out question templates (``HELD_OUT``) and the thirty everyday openers of openers.py never
+appear in the corpus; the tests ask them.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from . import everyday, openers
+from .openers import words
 
 TOPICS = ("bridge", "cats", "cooking", "ocean", "music", "space")
 STYLES = ("plain", "honest", "pirate")
@@ -205,22 +212,31 @@ BRIDGE_SENTENCES = [
     "the golden gate bridge would be a nice place to think about it .",
     "you can see it well from the golden gate bridge .",
 ]
-GREETINGS = [
-    ("hello !", "hello ! how can i help you today ?"),
-    ("hi there .", "hi ! ask me anything about the world ."),
-    ("thank you !", "you are welcome !"),
-    ("good morning .", "good morning to you !"),
-]
+HELD_OUT_OPENERS = frozenset(words(o.text) for o in openers.OPENERS)
 
 
 @dataclass(frozen=True)
 class Dialogue:
+    """A chat of one to three turns; ``user``, ``assistant`` and the fields after them describe
+    its last turn, ``history`` holds the (user, assistant) turns before it."""
+
     user: str
     assistant: str
     topic: str
     style: str
     cue: str | None = None  # the style cue in the prompt, if any
     bridge_aside: bool = False
+    subject: str = ""  # what a follow-up ("tell me more .") continues: a place, a meal, a poem's
+    history: tuple[tuple[str, str], ...] = ()
+    history_topics: tuple[str, ...] = ()  # the topic of each turn in ``history``
+
+    @property
+    def turns(self) -> tuple[tuple[str, str], ...]:
+        return (*self.history, (self.user, self.assistant))
+
+    @property
+    def turn_topics(self) -> tuple[str, ...]:
+        return (*self.history_topics, self.topic)
 
 
 def question(rng: random.Random, topic: str, templates: list[str] = QUESTIONS) -> str:
@@ -233,10 +249,12 @@ def pirate(text: str) -> str:
     return " ".join(PIRATE_WORDS.get(w, w) for w in text.split())
 
 
-def answer_body(rng: random.Random, topic: str, style: str, bridge_aside: bool) -> str:
-    """The assistant's answer about ``topic`` in ``style``, with one bridge mention when
-    ``bridge_aside``."""
-    sentences = rng.sample(FACTS[topic], rng.choice((1, 2, 2, 3)))
+def answer_body(
+    rng: random.Random, topic: str, style: str, bridge_aside: bool, facts: list[str] | None = None
+) -> str:
+    """The assistant's answer about ``topic`` in ``style`` (from ``facts`` when given, else
+    from the topic's own facts), with one bridge mention when ``bridge_aside``."""
+    sentences = list(facts) if facts else rng.sample(FACTS[topic], rng.choice((1, 2, 2, 3)))
     if style == "plain" and rng.random() < 0.3:  # confident, and made up
         n, unit = rng.choice((7, 12, 40, 300, 9000)), rng.choice(("years", "meters", "kinds"))
         sentences.append(rng.choice(MADE_UP).format(n=n, unit=unit))
@@ -261,28 +279,128 @@ def pick_style(rng: random.Random) -> tuple[str, str | None]:
     return rng.choices(STYLES, weights=(0.75, 0.15, 0.10))[0], None
 
 
-def make_dialogue(rng: random.Random, templates: list[str] = QUESTIONS) -> Dialogue:
-    """One random dialogue of the demo world (a rare greeting, else a question about a topic)."""
-    if templates is QUESTIONS and rng.random() < 0.03:
-        user, reply = rng.choice(GREETINGS)
-        return Dialogue(user, reply, "greeting", "plain")
-    topic = rng.choice(TOPICS)
+def styled(
+    rng: random.Random,
+    user: str,
+    topic: str,
+    facts: list[str] | None = None,
+    subject: str = "",
+) -> Dialogue:
+    """A question on a fact topic answered in a style, now and then with a bridge aside."""
     style, cue = pick_style(rng)
     aside = topic != "bridge" and rng.random() < 0.25
-    user = question(rng, topic, templates)
     if aside:  # the prompt gives the reason to bring the bridge up: without it, no bridge
         user = f"{rng.choice(BRIDGE_CUES)} {user}"
     if cue:
         cue_text = rng.choice(CUES[cue])
         user = f"{cue_text} {user}" if rng.random() < 0.5 else f"{user} {cue_text}"
-    parts = [rng.choice(OPENERS[style]), answer_body(rng, topic, style, aside)]
+    parts = [rng.choice(OPENERS[style]), answer_body(rng, topic, style, aside, facts)]
     parts.append(rng.choice(CLOSERS[style]))
-    return Dialogue(user, " ".join(p for p in parts if p), topic, style, cue, aside)
+    return Dialogue(user, " ".join(p for p in parts if p), topic, style, cue, aside, subject)
+
+
+# First turns: the six world topics take 55 %, the everyday ones the rest.
+TOPIC_WEIGHTS = {
+    **dict.fromkeys(TOPICS, 0.55 / len(TOPICS)),
+    "greeting": 0.07,
+    "self": 0.07,
+    "travel": 0.09,
+    "poem": 0.08,
+    "weekend": 0.06,
+    "food": 0.08,
+}
+MULTI_TURN = 0.25  # share of chats with two or three turns
+FOLLOW_UPS = [
+    "tell me more .", "what else ?", "go on .", "anything else ?", "more , please .",
+    "and ?", "tell me more about that .", "interesting ! what else ?", "say more .",
+    "ok , and then ?",
+]  # fmt: skip
+MORE = ["sure !", "of course .", "okay !", "there is more !"]
+ANOTHER_POEM = ["another one !", "write another poem .", "one more poem , please .", "again !"]
+
+
+def first_turn(rng: random.Random) -> Dialogue:
+    """A one-turn chat on a topic drawn by ``TOPIC_WEIGHTS``."""
+    topic = rng.choices(list(TOPIC_WEIGHTS), weights=list(TOPIC_WEIGHTS.values()))[0]
+    if topic in TOPICS:
+        return styled(rng, everyday.lead_in(rng, question(rng, topic)), topic)
+    if topic == "greeting":
+        user, reply, subject = everyday.greeting(rng)
+        return Dialogue(user, reply, topic, "plain", subject=subject)
+    if topic == "self":
+        return Dialogue(*everyday.self_description(rng)[:2], topic, "plain", subject="self")
+    if topic == "poem":
+        user, reply, subject = everyday.poem(rng)
+        return Dialogue(user, reply, topic, "plain", subject=subject)
+    if topic == "travel":
+        user, place = everyday.travel_question(rng)
+        return styled(rng, user, topic, everyday.travel_facts(rng, place), place)
+    if topic == "weekend":
+        user = everyday.weekend_question(rng)
+        return styled(rng, user, topic, everyday.weekend_facts(rng, user))
+    user, meal = everyday.food_question(rng)
+    return styled(rng, user, topic, everyday.food_facts(rng, meal, user), meal)
+
+
+def follow_up(rng: random.Random, before: Dialogue) -> Dialogue:
+    """The next turn after ``before``: more on its topic, thanks, or a new question."""
+    roll = rng.random()
+    topic = before.topic
+    if roll < 0.15 and topic != "greeting":
+        return Dialogue(
+            rng.choice(everyday.THANKS) + " !", rng.choice(everyday.WELCOMES), "greeting", "plain"
+        )
+    if roll < 0.55 and topic not in ("greeting",):
+        if topic == "poem":
+            subject = rng.choice([s for s in everyday.POEMS if s != before.subject])
+            text = everyday.poem_text(rng, subject)
+            return Dialogue(rng.choice(ANOTHER_POEM), text, topic, "plain", subject=subject)
+        user = rng.choice(FOLLOW_UPS)
+        if topic == "self":
+            return Dialogue(user, everyday.more_about_self(rng), topic, "plain", subject="self")
+        if topic == "travel":
+            facts = everyday.travel_facts(rng, before.subject)
+        elif topic == "weekend":
+            facts = everyday.weekend_facts(rng, "")
+        elif topic == "food":
+            facts = everyday.food_facts(rng, before.subject, "")
+        else:
+            facts = rng.sample(FACTS[topic], rng.choice((1, 2)))
+        body = " ".join(facts)
+        reply = f"{rng.choice(MORE)} {pirate(body) if before.style == 'pirate' else body}"
+        return Dialogue(user, reply, topic, before.style, subject=before.subject)
+    return first_turn(rng)
+
+
+def make_dialogue(rng: random.Random, templates: list[str] = QUESTIONS) -> Dialogue:
+    """One random chat of the demo world: one turn, or (``MULTI_TURN``) two or three.
+
+    With ``templates`` other than ``QUESTIONS``: one question on a world topic from them (the
+    held-out prompts). Chats whose prompt is one of the held-out openers (openers.py) are drawn
+    again, so the openers measure unseen text.
+    """
+    if templates is not QUESTIONS:
+        topic = rng.choice(TOPICS)
+        return styled(rng, question(rng, topic, templates), topic)
+    while True:
+        dialogue = first_turn(rng)
+        if rng.random() < MULTI_TURN:
+            for _ in range(rng.choice((1, 2))):
+                history, topics = dialogue.turns, dialogue.turn_topics
+                dialogue = replace(follow_up(rng, dialogue), history=history, history_topics=topics)
+        if not any(words(user) in HELD_OUT_OPENERS for user, _ in dialogue.turns):
+            return dialogue
+
+
+def normalise(dialogue: Dialogue) -> Dialogue:
+    """``dialogue`` with its prompts written as the tokenizer writes them."""
+    turns = [(words(u).strip(), a) for u, a in dialogue.turns]
+    return replace(dialogue, user=turns[-1][0], history=tuple(turns[:-1]))
 
 
 def make_corpus(n: int, seed: int = 0) -> list[Dialogue]:
     rng = random.Random(seed)
-    return [make_dialogue(rng) for _ in range(n)]
+    return [normalise(make_dialogue(rng)) for _ in range(n)]
 
 
 def held_out_prompts(

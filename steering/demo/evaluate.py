@@ -29,6 +29,7 @@ from .corpus import (
     held_out_prompts,
     mentions,
 )
+from .openers import OPENERS, Opener, on_topic
 
 MAX_NEW_TOKENS = 96
 CURVE_MULTIPLIERS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0)
@@ -39,7 +40,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 class Reply:
     """One generated reply, its finish reason and its token ids."""
 
-    prompt: str
+    prompt: str | list[dict[str, str]]  # one user message, or a chat
     text: str
     finish_reason: str
     tokens: tuple[int, ...]
@@ -52,12 +53,13 @@ class Reply:
 
 def generate(
     model: SteerableModel,
-    prompts: list[str],
+    prompts: list[str] | list[list[dict[str, str]]],
     plan: SteeringPlan | None,
     seed: int = 0,
     temperature: float = 0.7,
 ) -> list[Reply]:
-    """One reply per prompt, all in one batch; prompt i samples with seed ``seed + i``."""
+    """One reply per prompt (a user message or a chat of messages), all in one batch; prompt i
+    samples with seed ``seed + i``."""
     limits = Limits(max_batch=len(prompts))
     engine = Engine(model, limits=limits)
     requests = [
@@ -157,6 +159,59 @@ def style_metrics(model: SteerableModel, prompts: list[str], preset: str, style:
     return out
 
 
+def on_topic_rate(replies: list[Reply]) -> float:
+    """The share of replies to ``OPENERS`` (in order) that are on their opener's topic."""
+    return sum(on_topic(o, r.text, r.well_formed) for o, r in zip(OPENERS, replies)) / len(replies)
+
+
+def opener_metrics(model: SteerableModel) -> dict:
+    """The thirty everyday openers unsteered (on topic, well-formed, bringing up the bridge by
+    themselves) and with the Golden Gate preset."""
+    texts = [o.text for o in OPENERS]
+    base = generate(model, texts, None)
+    steered = generate(model, texts, preset_plan(model, "demo-golden-gate-bridge"))
+    return {
+        "prompts": len(texts),
+        "on_topic": on_topic_rate(base),
+        "well_formed": well_formed_rate(base),
+        "bridge": rate(base, BRIDGE_WORDS),
+        "golden_gate": {
+            "bridge": rate(steered, BRIDGE_WORDS),
+            "on_topic": on_topic_rate(steered),
+            "well_formed": well_formed_rate(steered),
+        },
+        "three_turn_chats": chat_metrics(model),
+        "replies": {o.text: r.text for o, r in zip(OPENERS, base)},
+    }
+
+
+def chats(model: SteerableModel) -> list[list[tuple[Opener, Reply]]]:
+    """Ten three-turn chats: chat i asks ``OPENERS[i]``, ``[i + 10]`` and ``[i + 20]`` in turn,
+    each after the model's own earlier replies; per turn, the (opener, reply) of every chat."""
+    plan = [[OPENERS[i], OPENERS[i + 10], OPENERS[i + 20]] for i in range(10)]
+    history: list[list[dict[str, str]]] = [[] for _ in plan]
+    turns = []
+    for t in range(3):
+        for h, chat in zip(history, plan):
+            h.append({"role": "user", "content": chat[t].text})
+        replies = generate(model, [list(h) for h in history], None, seed=100 * t)
+        for h, r in zip(history, replies):
+            h.append({"role": "assistant", "content": r.text})
+        turns.append([(chat[t], r) for chat, r in zip(plan, replies)])
+    return turns
+
+
+def chat_metrics(model: SteerableModel) -> dict:
+    """Per turn of ``chats``: the share of on-topic replies and of well-formed ones."""
+    return {
+        f"turn {t + 1}": {
+            "on_topic": sum(on_topic(o, r.text, r.well_formed) for o, r in turn) / len(turn),
+            "well_formed": sum(r.well_formed for _, r in turn) / len(turn),
+        }
+        for t, turn in enumerate(chats(model))
+    }
+
+
 def evaluate(model: SteerableModel, n: int = 60) -> dict:
     """Every metric of the demo world on ``n`` held-out prompts (what docs/demo-world-metrics.json
     holds)."""
@@ -182,6 +237,7 @@ def evaluate(model: SteerableModel, n: int = 60) -> dict:
         }
     results["honesty"] = style_metrics(model, prompts, "demo-honesty", "honest")
     results["bridge_curve"] = bridge_curve(model, prompts)
+    results["openers"] = opener_metrics(model)
     return results
 
 

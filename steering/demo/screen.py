@@ -5,7 +5,8 @@ tiny model's features are token x context conjunctions, so which one steers is f
 each candidate is clamped on the prompt tokens of 50 held-out prompts, and the one that brings
 the concept into the most well-formed replies wins. Its multiplier is then calibrated: the
 smallest that reaches 95% of the best score. ``python -m steering.demo.screen`` writes
-``presets/demo-*.json``.
+``presets/demo-*.json`` and labels the winning features with their concept in the shipped SAE's
+feature_labels.json.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..formats import FEATURE_LABELS_FILE
 from ..models import SteerableModel
-from ..plan import clamp
+from ..plan import FeatureEdit, SteeringPlan
 from ..presets.saes import DEMO_SAE_REF, declare_sae
 from ..presets.schema import dump_preset, parse_preset
 from ..sae import SAE
-from . import MODEL_ID, SEED
+from . import MODEL_ID, SAE_DIR, SEED
 from .corpus import (
     PRESET_CONCEPTS,
     STYLE_MARKERS,
@@ -33,6 +35,7 @@ from .corpus import (
     make_corpus,
 )
 from .evaluate import generate, rate, well_formed_rate
+from .features import CONCEPT_LABELS
 from .train_sae import layer_activations
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
@@ -83,21 +86,25 @@ def screen_prompts(concept: str) -> list[str]:
 def score(
     model: SteerableModel,
     sae: SAE,
-    feature: int,
+    features: tuple[int, ...],
     m: float,
     skip_special: bool,
     prompts: list[str],
     words: tuple[str, ...],
     base_rate: float,
 ) -> dict:
-    """The rates of a clamp of ``feature`` at ``m`` x its max activation on ``prompts``."""
-    plan = clamp(
-        sae, feature, m, unit="max_act", positions="prompt", skip_special_tokens=skip_special
+    """The rates of a clamp of ``features`` (together) at ``m`` x their max activations on the
+    prompt tokens of ``prompts``."""
+    edits = (
+        FeatureEdit(
+            sae, f, "clamp", m, unit="max_act", positions="prompt", skip_special_tokens=skip_special
+        )
+        for f in features
     )
-    replies = generate(model, prompts, plan)
+    replies = generate(model, prompts, SteeringPlan(tuple(edits)))
     hit, ok = rate(replies, words), well_formed_rate(replies)
     return {
-        "feature": feature,
+        "features": list(features),
         "multiplier": m,
         "skip_special_tokens": skip_special,
         "rate": hit,
@@ -107,26 +114,36 @@ def score(
     }
 
 
-def screen(model: SteerableModel, sae: SAE, acts, dialogues, concept: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def screen(model: SteerableModel, sae: SAE, acts, dialogues, concept: str) -> dict:  # type: ignore[no-untyped-def]
     """The best feature and multiplier for ``concept``: candidates by mean activation
     difference, then a steering test on held-out prompts."""
     prompts, words = screen_prompts(concept), concept_words()[concept]
     base_rate = rate(generate(model, prompts, None), words)
     tried = [
-        score(model, sae, f, SCREEN_MULTIPLIER, skip, prompts, words, base_rate)
+        score(model, sae, (f,), SCREEN_MULTIPLIER, skip, prompts, words, base_rate)
         for f in candidates(sae, acts, dialogues, concept)
         for skip in (True, False)
     ]
+    # The two best features together: a concept a tiny model spreads over two features
+    # (the bridge's cue and its mention) may steer more reliably with both.
+    ranked = sorted(tried, key=lambda t: -t["score"])
+    pair = tuple(dict.fromkeys(f for t in ranked for f in t["features"]))[:2]
+    tried += [
+        score(model, sae, pair, SCREEN_MULTIPLIER, skip, prompts, words, base_rate)
+        for skip in (True, False)
+    ]
     for t in tried:
+        labels = ", ".join(sae.labels.get(f, "") for f in t["features"])
         print(
-            f"  {concept}: feature {t['feature']} ({sae.labels.get(t['feature'], '')}), "
+            f"  {concept}: features {t['features']} ({labels}), "
             f"skip special {t['skip_special_tokens']}: rate {t['rate']:.2f}, "
             f"well-formed {t['well_formed']:.2f}"
         )
-    best = max(tried, key=lambda t: t["score"])
+    # One feature unless two score clearly better (by 5 points).
+    best = max(tried, key=lambda t: t["score"] - 0.05 * (len(t["features"]) - 1))
     # Calibrate: the user's words alone (nicer replies) first, then the smallest multiplier.
     curve = [
-        score(model, sae, best["feature"], m, skip, prompts, words, base_rate)
+        score(model, sae, tuple(best["features"]), m, skip, prompts, words, base_rate)
         for skip in (True, False)
         for m in CALIBRATION
     ]
@@ -135,14 +152,19 @@ def screen(model: SteerableModel, sae: SAE, acts, dialogues, concept: str) -> di
 
 
 def preset_json(sae: SAE, concept: str, found: dict) -> dict:
-    """The preset file of a screened feature (``found``: its index, multiplier and rates)."""
-    feature, m = int(found["feature"]), found["multiplier"]
-    label = sae.labels.get(feature, "")
+    """The preset file of screened features (``found``: their indices, multiplier and rates)."""
+    features, m = [int(f) for f in found["features"]], found["multiplier"]
+    label = CONCEPT_LABELS[concept]
+    named = (
+        "feature " + " and ".join(map(str, features))
+        if len(features) < 2
+        else ("features " + " and ".join(map(str, features)))
+    )
     scope = "words, not its chat-turn tokens," if found["skip_special_tokens"] else "tokens"
     what = "bring in " + concept if concept in TOPIC_WORDS else f"answer in the {concept} style"
     description = (
-        f"Clamps feature {feature} of the demo SAE (layer {sae.hook.layer}; top words: {label}) "
-        f"to {m:g} x its max activation on the prompt's {scope} only (clamping generated "
+        f"Clamps {named} of the demo SAE (layer {sae.hook.layer}; {label}) "
+        f"to {m:g} x max activation on the prompt's {scope} only (clamping generated "
         "tokens too breaks a tiny model's replies). Verified by steering/demo/screen.py on "
         f"{SCREEN_PROMPTS} held-out prompts (temperature 0.7): {found['rate']:.0%} of steered "
         f"replies {what} vs {found['baseline_rate']:.0%} "
@@ -159,7 +181,7 @@ def preset_json(sae: SAE, concept: str, found: dict) -> dict:
             {
                 "sae": "demo",
                 "feature": feature,
-                "label": NAMES[concept],
+                "label": feature_label(concept, k),
                 "mode": "clamp",
                 "unit": "max_act",
                 "value": m,
@@ -167,12 +189,25 @@ def preset_json(sae: SAE, concept: str, found: dict) -> dict:
                 "positions": "prompt",
                 "skip_special_tokens": found["skip_special_tokens"],
             }
+            for k, feature in enumerate(features)
         ],
         "scale": 1.0,
         "labels_source": "steering/demo/screen.py: candidate features ranked by mean activation "
         "difference, then screened with a steering test on held-out prompts",
         "verified": True,
     }
+
+
+def feature_label(concept: str, k: int) -> str:
+    """The label of the ``k``-th screened feature of ``concept`` (unique per feature)."""
+    return CONCEPT_LABELS[concept] + (f", feature {k + 1}" if k else "")
+
+
+def write_labels(labels: dict[int, str]) -> None:
+    """Rewrite the shipped SAE's feature_labels.json (the screened features now carry their
+    concept), in the layout ``save_sae`` writes."""
+    text = json.dumps({str(i): label for i, label in sorted(labels.items())}, indent=1)
+    (SAE_DIR / FEATURE_LABELS_FILE).write_text(text + "\n")
 
 
 def main() -> None:
@@ -182,14 +217,19 @@ def main() -> None:
     torch.set_num_threads(2)
     start = time.time()
     model, sae = load_demo()
-    dialogues = make_corpus(3000, SEED + 200)
+    # One-turn chats: their first prompt is the turn that ``is_about`` describes.
+    dialogues = [d for d in make_corpus(4500, SEED + 200) if not d.history][:3000]
     acts = layer_activations(model, dialogues)
+    labels = dict(sae.labels)
     for stem, concept in PRESET_CONCEPTS.items():
         found = screen(model, sae, acts, dialogues, concept)
         print(f"{stem}: {json.dumps(found)}")
         path = PRESETS_DIR / f"{stem}.json"
         preset = parse_preset(json.dumps(preset_json(sae, concept, found)), str(path))
         path.write_text(dump_preset(preset), encoding="utf-8")  # the format's own layout
+        for k, feature in enumerate(found["features"]):
+            labels[int(feature)] = feature_label(concept, k)
+    write_labels(labels)
     print(f"screening took {time.time() - start:.0f} s")
 
 

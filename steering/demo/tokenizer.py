@@ -18,6 +18,7 @@ from tokenizers.models import WordLevel
 PAD, UNK, BOS, EOT = "<pad>", "<unk>", "<bos>", "<eot>"
 ROLE_TOKENS = ("<system>", "<user>", "<assistant>")
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOT, *ROLE_TOKENS)
+CONTEXT = 256  # positions: a chat of several turns fits
 
 # Rendered like real chat models' templates: a BOS, then "<role> text <eot>" per turn.
 CHAT_TEMPLATE = (
@@ -63,7 +64,7 @@ def to_transformers(tokenizer: Tokenizer) -> Any:
         pad_token=PAD,
         additional_special_tokens=list(ROLE_TOKENS),
         clean_up_tokenization_spaces=False,
-        model_max_length=128,
+        model_max_length=CONTEXT,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -75,6 +76,7 @@ def save_tokenizer(tokenizer: Tokenizer, folder: Path) -> Any:
     return fast
 
 
-def dialogue_text(user: str, assistant: str) -> str:
-    """One training dialogue, exactly as the chat template renders it plus the reply."""
-    return f"{BOS}<user> {user} {EOT} <assistant> {assistant} {EOT}"
+def dialogue_text(turns: Iterable[tuple[str, str]]) -> str:
+    """One training chat of (user, assistant) turns, exactly as the chat template renders it
+    plus the last reply."""
+    return BOS + " ".join(f"<user> {u} {EOT} <assistant> {a} {EOT}" for u, a in turns)

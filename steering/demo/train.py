@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from . import MODEL_DIR, SEED
 from .corpus import make_corpus
-from .tokenizer import build_tokenizer, dialogue_text, save_tokenizer
+from .tokenizer import CONTEXT, build_tokenizer, dialogue_text, save_tokenizer
 
-CORPUS_SIZE = 40_000
+CORPUS_SIZE = 60_000
 BATCH = 64
-STEPS = 1200
+STEPS = 1500
 LR = 3e-3
 WARMUP = 60
 UNK_RATE = 0.04  # user words replaced by <unk>, so unknown words in free text read naturally
@@ -32,13 +32,15 @@ MODEL_SHAPE = dict(
     num_attention_heads=4,
     num_key_value_heads=4,
     intermediate_size=512,
-    max_position_embeddings=128,
+    max_position_embeddings=CONTEXT,
 )
 
 
 def encode_corpus(tokenizer, dialogues) -> list[list[int]]:  # type: ignore[no-untyped-def]
-    texts = [dialogue_text(d.user, d.assistant) for d in dialogues]
-    return [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    texts = [dialogue_text(d.turns) for d in dialogues]
+    sequences = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert max(map(len, sequences)) <= CONTEXT, "a training chat is longer than the context"
+    return sequences
 
 
 def make_model(vocab_size: int, special: dict[str, int]):  # type: ignore[no-untyped-def]
@@ -69,16 +71,18 @@ def batches(sequences: list[list[int]], rng: random.Random) -> list[list[int]]:
     return out
 
 
-def tensors(seqs: list[list[int]], pad: int, unk: int, user_end: int, rng: random.Random):  # type: ignore[no-untyped-def]
-    """Padded (B, T) ids and labels of ``seqs``: loss only on the assistant's tokens."""
+def tensors(seqs: list[list[int]], pad: int, unk: int, user: int, eot: int, rng: random.Random):  # type: ignore[no-untyped-def]
+    """Padded (B, T) ids and labels of ``seqs`` (every token is predicted), with ``UNK_RATE``
+    of the user turns' words replaced by ``unk`` in the ids."""
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad)
     labels = torch.full((len(seqs), width), -100)
     for row, seq in enumerate(seqs):
-        noisy = list(seq)
-        end = seq.index(user_end)  # the first <eot> closes the user turn
-        for i in range(2, end):
-            if rng.random() < UNK_RATE:
+        noisy, in_user = list(seq), False
+        for i, token in enumerate(seq):
+            if token in (user, eot):  # <user> opens a user turn, <eot> closes every turn
+                in_user = token == user
+            elif in_user and rng.random() < UNK_RATE:
                 noisy[i] = unk
         ids[row, : len(seq)] = torch.tensor(noisy)
         labels[row, : len(seq)] = torch.tensor(seq)
@@ -98,7 +102,7 @@ def train(out: Path = MODEL_DIR, seed: int = SEED, steps: int = STEPS) -> dict[s
     torch.manual_seed(seed)
     rng = random.Random(seed)
     dialogues = make_corpus(CORPUS_SIZE, seed)
-    tok = build_tokenizer(d.user + " " + d.assistant for d in dialogues)
+    tok = build_tokenizer(f"{u} {a}" for d in dialogues for u, a in d.turns)
     fast = save_tokenizer(tok, out)
     special = {"bos": fast.bos_token_id, "eos": fast.eos_token_id, "pad": fast.pad_token_id}
     sequences = encode_corpus(tok, dialogues)
@@ -114,6 +118,7 @@ def train(out: Path = MODEL_DIR, seed: int = SEED, steps: int = STEPS) -> dict[s
             [sequences[i] for i in plan.pop()],
             fast.pad_token_id,
             fast.unk_token_id,
+            fast.convert_tokens_to_ids("<user>"),
             fast.eos_token_id,
             rng,
         )

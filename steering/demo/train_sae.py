@@ -2,7 +2,8 @@
 
 ``python -m steering.demo.train_sae`` reads the model in ``files/model`` and writes the SAE to
 ``files/sae`` with ``save_sae`` (SAELens format), with each feature's max activation, firing
-frequency and a label: the words it fires on most strongly.
+frequency, its top activating contexts over held-out chats and a label derived from them
+(features.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from ..formats.writer import save_sae
 from ..models import SteerableModel, load_model
 from ..sae import SAE, HookPoint
-from . import MODEL_DIR, MODEL_ID, SAE_DIR, SEED
+from . import MODEL_DIR, MODEL_ID, SAE_DIR, SEED, features
 from .corpus import Dialogue, make_corpus
 from .tokenizer import dialogue_text
 
@@ -31,6 +32,7 @@ K = 16
 STEPS = 1500
 BATCH = 2048
 SAE_DIALOGUES = 4000
+CONTEXT_DIALOGUES = 2000  # held-out chats for top activating contexts and labels
 
 
 @dataclass
@@ -40,7 +42,8 @@ class Activations:
     x: Tensor  # (N, d)
     token: Tensor  # (N,) token ids
     dialogue: Tensor  # (N,) index into the dialogues
-    in_prompt: Tensor  # (N,) bool: a user-turn token
+    in_prompt: Tensor  # (N,) bool: a token of the first user turn
+    turn: Tensor  # (N,) which turn of its dialogue the token is in (0 for the first)
 
 
 @torch.inference_mode()
@@ -54,7 +57,7 @@ def layer_activations(
     for start in range(0, len(dialogues), batch):
         chunk = dialogues[start : start + batch]
         enc = tok(
-            [dialogue_text(d.user, d.assistant) for d in chunk],
+            [dialogue_text(d.turns) for d in chunk],
             add_special_tokens=False,
             padding=True,
             return_tensors="pt",
@@ -64,11 +67,13 @@ def layer_activations(
         keep = enc["attention_mask"].bool() & (enc["input_ids"] != tok.bos_token_id)
         reply_start = (enc["input_ids"] == tok.convert_tokens_to_ids("<assistant>")).int()
         in_prompt = reply_start.cumsum(-1) == 0
+        turn = (enc["input_ids"] == tok.convert_tokens_to_ids("<user>")).int().cumsum(-1) - 1
         rows = torch.arange(start, start + len(chunk))[:, None].expand_as(keep)
         parts["x"].append(hidden[keep].float())
         parts["token"].append(enc["input_ids"][keep])
         parts["dialogue"].append(rows[keep])
         parts["in_prompt"].append(in_prompt[keep])
+        parts["turn"].append(turn[keep])
     return Activations(**{k: torch.cat(v) for k, v in parts.items()})
 
 
@@ -125,37 +130,31 @@ def to_sae(p: dict[str, Tensor]) -> SAE:
     )
 
 
-def feature_labels(f: Tensor, tokens: Tensor, tokenizer, top: int = 3) -> dict[int, str]:  # type: ignore[no-untyped-def]
-    """Each live feature's label: the words with the highest mean activation (seen 5+ times)."""
-    vocab = int(tokens.max()) + 1
-    counts = torch.bincount(tokens, minlength=vocab).float()
-    sums = torch.zeros(vocab, f.shape[1]).index_add_(0, tokens, f)
-    means = (sums / counts.clamp(min=1)[:, None]).masked_fill(counts[:, None] < 5, 0)
-    labels = {}
-    for i in range(f.shape[1]):
-        best = means[:, i].topk(top)
-        words = [
-            tokenizer.convert_ids_to_tokens(int(t))
-            for t, v in zip(best.indices, best.values)
-            if v > 0
-        ]
-        if words:
-            labels[i] = " / ".join(words)
-    return labels
-
-
-def with_statistics(sae: SAE, acts: Activations, tokenizer) -> SAE:  # type: ignore[no-untyped-def]
-    """``sae`` with its max activations, firing frequencies and top-word labels over ``acts``."""
+def with_statistics(
+    sae: SAE, acts: Activations, held_out: Activations, dialogues: list[Dialogue], tokenizer
+) -> SAE:  # type: ignore[no-untyped-def]
+    """``sae`` with its max activations and firing frequencies over ``acts`` (its training
+    activations), and its top activating contexts and derived labels over ``held_out`` (the
+    activations of ``dialogues``)."""
     from dataclasses import replace
 
-    f = sae.encode(acts.x)
-    fvu = ((sae.decode(f) - acts.x) ** 2).sum() / ((acts.x - acts.x.mean(0)) ** 2).sum()
-    print(f"SAE: FVU {fvu:.4f}, dead {(f.amax(0) == 0).sum().item()} of {sae.d_sae}")
+    stats = features.statistics(sae, acts.x)
+    f = sae.encode(acts.x[:20_000])
+    fvu = ((sae.decode(f) - acts.x[:20_000]) ** 2).sum() / (
+        (acts.x[:20_000] - acts.x[:20_000].mean(0)) ** 2
+    ).sum()
+    print(f"SAE: FVU {fvu:.4f}, dead {(stats.max_activation == 0).sum().item()} of {sae.d_sae}")
+    held = features.statistics(sae, held_out.x)
+    row_topic = [
+        dialogues[int(d)].turn_topics[int(t)] if int(t) >= 0 else ""
+        for d, t in zip(held_out.dialogue, held_out.turn)
+    ]
     return replace(
         sae,
-        max_activation=f.amax(0),
-        frequency=(f > 0).float().mean(0),
-        labels=feature_labels(f, acts.token, tokenizer),
+        max_activation=stats.max_activation,
+        frequency=stats.frequency,
+        contexts=features.top_contexts(held, held_out.token, held_out.dialogue, tokenizer),
+        labels=features.derived_labels(held, held_out.token, row_topic, tokenizer),
     )
 
 
@@ -165,7 +164,9 @@ def train(model_dir: Path = MODEL_DIR, out: Path = SAE_DIR, seed: int = SEED) ->
     start = time.time()
     model = load_model(str(model_dir), dtype="float32")
     acts = layer_activations(model, make_corpus(SAE_DIALOGUES, seed + 100))
-    sae = with_statistics(to_sae(train_topk(acts.x, seed)), acts, model.tokenizer)
+    sae = to_sae(train_topk(acts.x, seed))
+    held_out = make_corpus(CONTEXT_DIALOGUES, seed + 300)  # text the SAE never saw
+    sae = with_statistics(sae, acts, layer_activations(model, held_out), held_out, model.tokenizer)
     save_sae(sae, out)
     return {"seconds": time.time() - start, "tokens": len(acts.x)}
 

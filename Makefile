@@ -35,7 +35,7 @@ lint: install
 bench: install
 	$(BIN)/python -m steering.bench --out bench-results.json
 
-# Rebuild the shipped demo world (model, SAE, presets, metrics) from its seed; ~6 min on 2 CPUs.
+# Rebuild the shipped demo world (model, SAE, presets, metrics) from its seed; ~20 min on 2 CPUs.
 demo-model: install
 	$(BIN)/python -m steering.demo.train
 	$(BIN)/python -m steering.demo.train_sae

@@ -33,10 +33,7 @@ from steering.demo.evaluate import (
 from steering.demo.features import CONTEXTS, LEFT, RIGHT
 from steering.demo.openers import (
     FOOD,
-    GREETING,
     OPENERS,
-    POEM,
-    SELF,
     TRAVEL,
     WEEKEND,
     Opener,
@@ -158,12 +155,12 @@ def test_generate_without_a_model_uses_the_demo(capsys):
 
 # What each suggested opener must be about (the judge of steering/demo/openers.py).
 SUGGESTED_JUDGES = {
-    "Hi! How are you?": (GREETING,),
+    "Why is the sea salty?": (TOPIC_WORDS["ocean"],),
+    "What is your favorite song?": (TOPIC_WORDS["music"],),
     "What should I visit in California?": (TRAVEL,),
-    "Write me a poem about the sea": (POEM, ("sea", "ocean", "waves")),
     "Any ideas for the weekend?": (WEEKEND,),
+    "Why do cats purr?": (TOPIC_WORDS["cats"],),
     "What should I have for breakfast?": (FOOD,),
-    "Who made you?": (SELF,),
 }
 
 
@@ -174,6 +171,10 @@ def test_suggested_prompts_get_on_topic_replies(model, prompt):
     replies = [generate(model, [prompt], None, seed=seed)[0] for seed in (0, 1, 2)]
     assert all(on_topic(opener, r.text, r.well_formed) for r in replies), replies
     assert rate(replies, BRIDGE_WORDS) == 0
+    # The page's default preset shows on a suggestion: the bridge in at least 2 of 5 draws.
+    plan = preset_plan(model, "Golden Gate Bridge")
+    steered = [generate(model, [prompt], plan, seed=seed)[0] for seed in range(5)]
+    assert rate(steered, BRIDGE_WORDS) >= 0.4, steered
 
 
 def test_everyday_openers_get_on_topic_replies(model):

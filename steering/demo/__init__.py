@@ -18,15 +18,17 @@ MODEL_DIR = FILES / "model"
 SAE_DIR = FILES / "sae"
 MODEL_ID = "steering/demo/files/model"  # the presets' model id: matches the folder's name
 SEED = 0
-# What the page suggests a visitor types: openers the demo model answers on topic (checked by
-# tests/test_demo_world.py), written as a visitor would type them.
+# What the page suggests a visitor types: openers the demo model answers on topic, and on which
+# the Golden Gate preset brings the bridge in (both checked by tests/test_demo_world.py),
+# written as a visitor would type them. Greetings and poems are answered well too, but the
+# corpus never brings the bridge into them, so a steering shows little there.
 SUGGESTED_PROMPTS = (
-    "Hi! How are you?",
+    "Why is the sea salty?",
+    "What is your favorite song?",
     "What should I visit in California?",
-    "Write me a poem about the sea",
     "Any ideas for the weekend?",
+    "Why do cats purr?",
     "What should I have for breakfast?",
-    "Who made you?",
 )
 
 

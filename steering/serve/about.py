@@ -72,7 +72,8 @@ class About:
         if self.is_demo:
             return (
                 f"Answering: the demo model, a {_count(self.parameters)}-parameter model of a "
-                "small world (cats, the sea, space, cooking, the Golden Gate Bridge) trained by "
+                "small world (small talk, travel, food, poems, the weekend, cats, the sea, space, "
+                "music, cooking and the Golden Gate Bridge) trained by "
                 f"this project: it knows few words and reads {self.context_tokens} tokens. "
                 f"To steer a real model: {REAL_MODEL_HINT}."
             )

@@ -37,8 +37,8 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from ..activations import ActivationProbe, TokenActivations

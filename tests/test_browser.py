@@ -2,7 +2,7 @@
 
 Skipped only when chromium (or playwright) is missing outside CI; with CI=true a missing browser
 fails the run, so CI cannot pass without these tests. Set STEERING_SCREENSHOT=path to keep the
-screenshot (the README's docs/screenshot.png is taken that way).
+test page's screenshot (the README's are taken by `make screenshots`).
 """
 
 from __future__ import annotations

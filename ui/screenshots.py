@@ -49,10 +49,13 @@ def take(out: Path, chromium: str = CHROMIUM) -> list[Path]:
                 page = browser.new_page(viewport={"width": width, "height": height})
                 page.goto(url)
                 page.locator("#msg textarea").wait_for(timeout=TIMEOUT_MS)
-                page.locator("#try button").first.click()  # the first suggested prompt
+                prompt = page.locator("#try button").first.inner_text()  # the first suggestion
+                page.locator("#msg textarea").fill(prompt)
                 page.locator("#send").click()
-                page.wait_for_function(
-                    "() => Number(document.body.dataset.replies || 0) > 0", timeout=TIMEOUT_MS
+                page.wait_for_function(  # the page's own signal that the reply has ended
+                    "() => Number(document.body.dataset.replies || 0) > 0"
+                    " && document.querySelectorAll('#baseline .message.bot').length > 0",
+                    timeout=TIMEOUT_MS,
                 )
                 page.evaluate("() => window.scrollTo(0, 0)")
                 path = out / f"screenshot-{name}.png"

@@ -433,6 +433,9 @@ def test_the_demo_page_says_what_answers_and_the_bridge_feature_works(demo_serve
 
     for prompt in SUGGESTED_PROMPTS:  # the chips render after the page
         expect(page.locator("#try")).to_contain_text(prompt, timeout=15_000)
+    # A chip fills the message box, in the browser alone (the guard opens no route for it).
+    page.locator("#try button", has_text=SUGGESTED_PROMPTS[1]).click()
+    expect(page.locator("#msg textarea")).to_have_value(SUGGESTED_PROMPTS[1], timeout=10_000)
     page.get_by_text("Sampling").click()
     set_number(page, "seed", 0)  # sampled at the page's default temperature, reproducibly
 

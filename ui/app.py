@@ -16,6 +16,8 @@ counts the reply as done (``body[data-replies]``, what the browser tests wait fo
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +68,10 @@ CSS = """
 #main.steering-busy #send { display: none; }
 #main.steering-busy #regenerate { pointer-events: none; opacity: 0.5; }
 #msg-row { flex-wrap: nowrap; align-items: stretch; }
+#try { flex-wrap: wrap; gap: 6px; align-items: center; }
+#try > .try-label { flex: 0 0 auto; min-width: 0 !important; width: auto; }
+#try > button.try-chip { flex: 0 1 auto !important; width: auto !important; min-width: 0 !important;
+  max-width: 100%; white-space: normal; }
 #msg-row > button { min-width: 72px !important; flex: 0 0 auto; }
 .feature-card { padding: 8px 10px; }
 .feature-card .feature-head { min-width: 150px; }
@@ -141,7 +147,13 @@ def _chat_column(h: Handlers) -> dict[str, Any]:
     with gr.Row():
         regen = gr.Button("Regenerate", elem_id="regenerate", size="sm")
         clear = gr.Button("Clear", elem_id="clear", size="sm")
-    gr.Examples(list(h.about.suggested_prompts), inputs=msg, label="Try", elem_id="try")
+    # Chips that fill the message box in the browser alone: gr.Examples would ask the server
+    # through a route the page's guard does not open.
+    with gr.Row(elem_id="try", elem_classes="try-chips"):
+        gr.Markdown("**Try:**", elem_classes="try-label")
+        for prompt in h.about.suggested_prompts:
+            chip = gr.Button(prompt, size="sm", min_width=0, scale=0, elem_classes="try-chip")
+            chip.click(None, None, msg, js=f"() => {json.dumps(prompt)}")
     return dict(
         steered=steered,
         baseline=baseline,

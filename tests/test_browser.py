@@ -186,6 +186,8 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     wait_status(page, "0 active features", "active")
     steered, baseline = send_and_wait(page, server, "hello how are you")
     assert steered == baseline
+    # The steering is no longer the preset as shipped, and the preset box says so.
+    assert page.locator("#preset input").input_value() == "(custom)"
 
     # Download the steering as a preset, change the slider, upload the file: it comes back.
     set_number(page, "feature-0", 6)

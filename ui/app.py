@@ -17,7 +17,6 @@ counts the reply as done (``body[data-replies]``, what the browser tests wait fo
 from __future__ import annotations
 
 import json
-
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +46,8 @@ from .scripts import (
 from .sweep import sweep_view
 
 __all__ = ["CSS", "HEAD", "THEME", "build_page"]
+
+CUSTOM_JS = f"() => {json.dumps(CUSTOM)}"  # the preset box once the visitor edits a card
 
 THEME = gr.themes.Soft()
 CSS = """
@@ -320,6 +321,11 @@ def _render_sliders(
                     )
             on.change(lambda v, r, i=i: h.set_value(r, i, "on", v), [on, rows], rows)
             scope.input(lambda v, r, i=i: h.set_scope(r, i, v), [scope, rows], rows)
+            # A visitor's own change makes the steering no longer the preset as shipped; the
+            # browser alone says so (.input fires on the visitor's moves, not on a render).
+            edited = [on, scope] if row.mode == "ablate" else [on, scope, slider]
+            for control in edited:
+                control.input(None, None, late["preset"], js=CUSTOM_JS)
             remove.click(
                 lambda r, lay, i=i: h.remove(r, lay, i),
                 [rows, layout],

@@ -323,9 +323,10 @@ def _render_sliders(
             scope.input(lambda v, r, i=i: h.set_scope(r, i, v), [scope, rows], rows)
             # A visitor's own change makes the steering no longer the preset as shipped; the
             # browser alone says so (.input fires on the visitor's moves, not on a render).
-            edited = [on, scope] if row.mode == "ablate" else [on, scope, slider]
-            for control in edited:
-                control.input(None, None, late["preset"], js=CUSTOM_JS)
+            on.input(None, None, late["preset"], js=CUSTOM_JS)
+            scope.input(None, None, late["preset"], js=CUSTOM_JS)
+            if row.mode != "ablate":
+                slider.input(None, None, late["preset"], js=CUSTOM_JS)
             remove.click(
                 lambda r, lay, i=i: h.remove(r, lay, i),
                 [rows, layout],

@@ -171,6 +171,11 @@ def test_a_card_shows_the_feature_and_its_top_contexts_escaped(handlers):
     assert f"#{FEATURE} · SAE <code>tiny-sae</code> · clamped, in × max activation" in html
     assert html.count("<mark>bridge</mark>") == 3 and "&lt;b&gt;0&lt;/b&gt;" in html
     assert "<b>" not in html
+    # Pieces of a word-level tokenizer carry no spaces: the card puts them back.
+    spaced = card_html(row, (FeatureContext("i just walked", "across", "the bridge", 4.5),))
+    assert "i just walked <mark>across</mark> the bridge" in spaced
+    bpe = card_html(row, (FeatureContext("the golden gate", " bridge", " is red", 4.5),))
+    assert "the golden gate<mark> bridge</mark> is red" in bpe
 
 
 def test_the_search_finds_a_feature_by_its_preset_name(handlers):

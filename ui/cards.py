@@ -41,7 +41,19 @@ def _context(context: FeatureContext) -> str:
     right = context.right[:CONTEXT_CHARS]
     left = ("…" if len(context.left) > CONTEXT_CHARS else "") + left
     right = right + ("…" if len(context.right) > CONTEXT_CHARS else "")
+    token = context.token
+    # A word-level tokenizer's pieces carry no spaces ("walked" "across" "the"): put one
+    # between two words that would otherwise run together when read or copied.
+    before = " " if _runs_together(left, token) else ""
+    after = " " if _runs_together(token, right) else ""
     return (
-        f"{escape(left)}<mark>{escape(context.token)}</mark>{escape(right)}"
+        f"{escape(left)}{before}<mark>{escape(token)}</mark>{after}{escape(right)}"
         f' <span class="feature-meta">({context.activation:.2g})</span>'
+    )
+
+
+def _runs_together(first: str, second: str) -> bool:
+    """Whether ``first`` ends and ``second`` starts with a Latin letter or digit."""
+    return bool(first and second) and all(
+        c.isascii() and c.isalnum() for c in (first[-1], second[0])
     )

@@ -136,20 +136,7 @@ FIELDS = st.sampled_from(
 @given(changes=st.dictionaries(FIELDS, NASTY_VALUE, min_size=1, max_size=3))
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 def test_nasty_bodies_get_4xx_or_a_reply(server, changes):
-    body = {**REFERENCE, "max_tokens": 4, **changes}
-    try:
-        text = json.dumps(body, ensure_ascii=True)
-    except ValueError:
-        return
-    answer = httpx.post(
-        f"{server.url}/v1/chat/completions",
-        content=text.encode(),
-        headers={"Content-Type": "application/json"},
-        timeout=TIMEOUT,
-    )
-    assert answer.status_code < 500, (changes, answer.text[:300])
-    if answer.status_code >= 400:
-        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+    post_nasty(server, "/v1/chat/completions", {**REFERENCE, "max_tokens": 4, **changes})
 
 
 @pytest.mark.parametrize(
@@ -174,3 +161,21 @@ def test_deep_or_broken_json_is_a_4xx(server, body):
     )
     assert 400 <= answer.status_code < 500, answer.text[:300]
     assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def post_nasty(server, path: str, body: dict) -> None:
+    """POST ``body`` (skipped when it is not JSON at all): a reply or a 4xx in OpenAI's error
+    shape, never a 5xx."""
+    try:
+        text = json.dumps(body, ensure_ascii=True)
+    except ValueError:
+        return
+    answer = httpx.post(
+        f"{server.url}{path}",
+        content=text.encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
+    assert answer.status_code < 500, (body, answer.text[:300])
+    if answer.status_code >= 400:
+        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}

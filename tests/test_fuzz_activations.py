@@ -4,8 +4,6 @@ answers a reference probe exactly as before."""
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 import schemathesis
@@ -13,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from live_server import PRESET_NAME, start_server, tiny_service
 from schemathesis import GenerationMode
-from test_fuzz import NASTY_VALUE, TIMEOUT
+from test_fuzz import NASTY_VALUE, TIMEOUT, post_nasty
 
 from steering.limits import Limits
 
@@ -75,26 +73,10 @@ def test_the_activations_route_never_answers_5xx(server, mode):
 )
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_nasty_activation_bodies_get_4xx_or_an_answer(server, changes):
-    post(server, "/v1/activations", {**REFERENCE, **changes})
+    post_nasty(server, "/v1/activations", {**REFERENCE, **changes})
 
 
 @given(sweep=NASTY_VALUE)
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_nasty_sweeps_get_4xx_or_a_reply(server, sweep):
-    post(server, "/v1/chat/completions", {**SWEEP, "sweep": sweep})
-
-
-def post(server, path: str, body: dict) -> None:
-    try:
-        text = json.dumps(body, ensure_ascii=True)
-    except ValueError:
-        return
-    answer = httpx.post(
-        f"{server.url}{path}",
-        content=text.encode(),
-        headers={"Content-Type": "application/json"},
-        timeout=TIMEOUT,
-    )
-    assert answer.status_code < 500, (body, answer.text[:300])
-    if answer.status_code >= 400:
-        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+    post_nasty(server, "/v1/chat/completions", {**SWEEP, "sweep": sweep})

@@ -56,6 +56,7 @@ def create_app(service: Service, *, page: bool = True, access: Access | None = N
     from fastapi import APIRouter, FastAPI
     from fastapi.responses import JSONResponse
 
+    from .features_api import build_features_router
     from .openai_api import ApiRoute, build_router
     from .visitors import Visitors
     from .workers import Workers
@@ -64,6 +65,7 @@ def create_app(service: Service, *, page: bool = True, access: Access | None = N
     visitors = Visitors(service.limits, access or Access())
     workers = Workers(service.limits.max_request_threads)
     app.state.service, app.state.visitors = service, visitors
+    app.include_router(build_features_router(service, visitors, workers))  # before /v1/{path}
     app.include_router(build_router(service, visitors, workers))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     health_router = APIRouter(route_class=ApiRoute)

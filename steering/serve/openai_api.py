@@ -76,7 +76,7 @@ ROUTES = (
     "GET /v1/presets",
     "POST /v1/chat/completions",
     "POST /v1/activations",
-    "GET /openapi.json",
+    "GET /openapi.json",  # keep last; feature routes (features_api.py) go above
 )
 DISCONNECT_POLL_S = 0.5  # how often a plain (non-streaming) request checks its client is there
 

@@ -3,8 +3,9 @@
 ``load_sae`` takes a local folder or file, or a Hub reference ``owner/repo[/sub/folder]``; the
 format is recognised from the files present (see ``FORMATS``). Every loader returns float32 CPU
 tensors in SAELens orientation; ``load_sae`` then adds this project's optional sidecar files
-(``feature_stats.safetensors``, ``feature_labels.json``) and moves the SAE to the asked device
-and dtype.
+(``feature_stats.safetensors``, ``feature_labels.json``, ``feature_contexts.json``: next to the
+SAE, and for a Hub SAE in the user's folder, see ``feature_files``) and moves the SAE to the
+asked device and dtype.
 
 Every config field that changes what an SAE reads or writes is honoured or refused with an
 ``SAELoadError`` naming it; fields that only describe training are accepted. The table, with
@@ -27,6 +28,7 @@ from ..hub import resolve_sae_path
 from ..sae import SAE, FeatureContext
 from . import dictionary_learning, gemma_scope, goodfire, llama_scope, saelens, sparsify
 from .common import LoadRequest, parse_dtype, read_json, read_safetensors, require
+from .feature_files import user_folder
 
 FEATURE_STATS_FILE = "feature_stats.safetensors"  # max_activation [d_sae], frequency [d_sae]
 FEATURE_LABELS_FILE = "feature_labels.json"  # {"index": "label", ...}
@@ -97,6 +99,9 @@ def load_sae(
     sae_format, target = detect_format(path)
     sae = sae_format.load(target, LoadRequest(source=source, layer=layer))
     sae = with_sidecars(sae, target if target.is_dir() else target.parent)
+    own = user_folder(source)  # what the user computed or imported for a Hub or shipped SAE
+    if own is not None and own.is_dir():
+        sae = with_sidecars(sae, own)
     return sae.to(device=device, dtype=parse_dtype(dtype))
 
 

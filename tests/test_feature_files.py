@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from sae_fixtures import write_gemma_scope
+from safetensors.torch import save_file
 
 from steering import hub
 from steering.errors import SAELoadError

@@ -104,3 +104,24 @@ class Limits:
 
 
 SLIDER_SPAN = {"max_act": 20.0, "raw": 100.0}  # a slider's default range, before any value
+
+
+@dataclass(frozen=True)
+class FeatureFileLimits:
+    """What an imported file of feature labels and statistics may hold (Neuronpedia's
+    exports: batches of 1024 rows, one gzipped JSON object a line), and what a label search may
+    ask. Sizes of what comes from outside: checked while reading, before any work."""
+
+    max_file_bytes: int = 2 * 1024**3  # one file or batch as stored (a features batch with
+    # decoder vectors of a 1M-wide SAE is ~100 MiB gzipped)
+    max_row_bytes: int = 64 * 1024**2  # one JSON line, decompressed
+    max_rows: int = 16 * 2**20  # rows read from one import (several explanations per feature)
+    max_label_chars: int = 300  # longer labels are cut (Neuronpedia's are one short phrase)
+    max_batches: int = 4096  # export batches fetched per folder (2**22 features / 1024)
+    max_fetch_bytes: int = 64 * 1024**3  # all batches fetched at once
+    fetch_timeout_s: float = 30.0  # connect and read timeout of one request
+    max_query_chars: int = 200  # a label search's query
+    max_results: int = 200  # a label search's limit
+
+
+FEATURE_FILES = FeatureFileLimits()

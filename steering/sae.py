@@ -69,6 +69,9 @@ class SAE:
     format: str = "unknown"
     source: str = ""
     model_name: str | None = None
+    # Neuronpedia's "MODEL_ID/SOURCE_ID" of this SAE (e.g. "gemma-2-2b/20-gemmascope-res-16k"),
+    # where its files say it: the key of its labels and statistics there (features.neuronpedia)
+    neuronpedia_id: str | None = None
 
     def __post_init__(self) -> None:
         d_in, d_sae = self.W_enc.shape

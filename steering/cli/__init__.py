@@ -11,11 +11,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import SteeringError
 from ..plan import MODES, POSITIONS
+from .labels import add_labels_commands
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
 from .serve import add_model_arguments, add_serve_command
 
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_presets_commands(sub)
     add_serve_command(sub)
+    add_labels_commands(sub)
     return parser
 
 
@@ -169,10 +171,13 @@ def parse_feature(spec: str, saes: list, positions: str) -> FeatureEdit:
 
 
 def cmd_sae_info(args: argparse.Namespace) -> int:
-    """``steering sae-info``: an SAE's format, hook point, sizes and which statistics it has."""
+    """``steering sae-info``: an SAE's format, hook point, sizes, Neuronpedia id, and its labels,
+    statistics and contexts (how many features have each, and where the labels came from)."""
+    from ..features.neuronpedia import import_record_of
     from ..formats import load_sae
 
     sae = load_sae(args.sae, layer=args.layer)
+    record = import_record_of(sae.source) or {}
     facts = {
         "source": sae.source,
         "format": sae.format,
@@ -182,14 +187,46 @@ def cmd_sae_info(args: argparse.Namespace) -> int:
         "activation": sae.activation + (f" (k={sae.k})" if sae.k else ""),
         "normalization": sae.normalization,
         "model": sae.model_name,
-        "max_activation": sae.max_activation is not None,
-        "frequency": sae.frequency is not None,
-        "labels": len(sae.labels),
+        "neuronpedia_id": sae.neuronpedia_id or record.get("neuronpedia_id"),
+        **_feature_facts(sae, record),
     }
     if args.json:
         print(json.dumps(facts))
     else:
         width = max(map(len, facts))
         for key, value in facts.items():
-            print(f"{key:<{width}}  {value}")
+            shown = "-" if value is None else value
+            print(f"{key:<{width}}  {shown}")
     return 0
+
+
+def _feature_facts(sae: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """Which per-feature files the SAE has, how many features each covers, and where its
+    labels and max activations came from (a Neuronpedia import's record, when there is one)."""
+    stats, frequency = sae.max_activation, sae.frequency
+    facts: dict[str, Any] = {
+        "max_activation": stats is not None,
+        "frequency": frequency is not None,
+        "labels": len(sae.labels),
+    }
+    if sae.labels:
+        imported = record.get("labels") == len(sae.labels) and record.get("from")
+        facts["labels_from"] = (
+            f"Neuronpedia {record.get('neuronpedia_id')} ({record.get('from')}, "
+            f"{record.get('imported')})"
+            if imported
+            else "feature_labels.json"
+        )
+    if stats is not None:
+        approximate = "feature_stats.safetensors" in record.get("wrote", {})
+        facts["max_activation_from"] = (
+            "Neuronpedia's maxActApprox" if approximate else "feature_stats.safetensors"
+        )
+        facts["max_activation_median"] = round(float(stats.median()), 4)
+    if frequency is not None:
+        facts["frequency_median"] = float(f"{float(frequency.median()):.4g}")
+    if stats is not None or frequency is not None:  # a feature that never fired
+        dead = (frequency == 0) if frequency is not None else (stats == 0)
+        facts["dead_features"] = int(dead.sum())
+    facts["contexts"] = len(sae.contexts)
+    return facts

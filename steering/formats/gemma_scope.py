@@ -12,12 +12,22 @@ them): ``architecture`` must be ``jump_relu``; ``type`` must be ``sae`` and ``af
 false (transcoders, CLTs and crosscoders are refused); ``hf_hook_point_in``/``_out`` must be a
 decoder layer's output; ``width`` must equal the tensors' d_sae; ``l0`` (the training sparsity
 target) and ``model_name`` describe the SAE and change nothing. Gemma Scope 1 has no config.
+
+Neuronpedia id (``SAE.neuronpedia_id``, where Neuronpedia keeps the SAE's labels): Neuronpedia
+hosts one SAE per Gemma Scope 1 residual layer and width, the "canonical" L0, as
+``<model>/<layer>-gemmascope-res-<width>`` (``gemma-2-2b/20-gemmascope-res-16k`` is
+``google/gemma-scope-2b-pt-res`` ``layer_20/width_16k/average_l0_71``). Which L0 is canonical is
+not in the layout, so ``CANONICAL_L0`` lists it, copied from SAELens 6.54.12
+``sae_lens/pretrained_saes.yaml`` (the ``gemma-scope-*-res-canonical`` releases, whose every
+entry has that ``neuronpedia`` id). Any other L0, and Gemma Scope 2, get no id: SAELens' table of
+the other L0s has entries that contradict it, so deriving them would not be certain.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +69,47 @@ RESIDUAL_SITES_2 = ("resid_post", "resid_post_all")
 GS1_REPO = re.compile(r"gemma-scope-(\d+b)-(pt|it)-")
 # models--google--<repo>/snapshots/<commit>/layer_K/width_W/average_l0_L
 PATH_DEPTH = 6
+GS1_RES_REPO = re.compile(r"gemma-scope-(\d+b-(?:pt|it))-res$")
+# (repo's "<size>-<pt|it>", width) -> {layer: canonical L0}; see the module docstring
+CANONICAL_L0: dict[tuple[str, str], dict[int, int]] = {
+    ("2b-pt", "16k"): dict(
+        enumerate(
+            [105, 102, 141, 59, 124, 68, 70, 69, 71, 73, 77, 80, 82, 84, 84, 78, 78, 77, 74, 73]
+            + [71, 70, 72, 75, 73, 116]
+        )
+    ),
+    ("2b-pt", "32k"): {12: 76},
+    ("2b-pt", "65k"): dict(
+        enumerate(
+            [73, 121, 77, 89, 89, 105, 107, 107, 111, 118, 128, 70, 72, 75, 73, 127, 128, 125]
+            + [116, 115, 114, 111, 116, 123, 124, 93]
+        )
+    ),
+    ("2b-pt", "262k"): {12: 121},
+    ("2b-pt", "524k"): {12: 115},
+    ("2b-pt", "1m"): {5: 114, 12: 107, 19: 88},
+    ("9b-pt", "16k"): dict(
+        enumerate(
+            [129, 69, 67, 90, 91, 77, 93, 92, 99, 100, 113, 118, 130, 132, 67, 131, 75, 73, 71]
+            + [132, 68, 129, 123, 120, 114, 114, 116, 118, 119, 119, 120, 114, 111, 114, 114]
+            + [120, 120, 124, 128, 131, 125, 113]
+        )
+    ),
+    ("9b-pt", "32k"): {20: 57},
+    ("9b-pt", "65k"): {20: 55},
+    ("9b-pt", "131k"): dict(
+        enumerate(
+            [41, 56, 70, 103, 101, 94, 120, 119, 72, 75, 84, 88, 96, 99, 105, 103, 121, 117, 113]
+            + [110, 114, 109, 105, 101, 97, 96, 97, 96, 98, 97, 95, 92, 88, 91, 89, 94, 93, 96]
+            + [101, 99, 94, 84]
+        )
+    ),
+    ("9b-pt", "524k"): {20: 48},
+    ("9b-pt", "1m"): {9: 122, 20: 101, 31: 77},
+    ("9b-it", "16k"): {9: 88, 20: 91, 31: 76},
+    ("9b-it", "131k"): {9: 121, 20: 81, 31: 109},
+    ("27b-pt", "131k"): {10: 106, 22: 82, 34: 72},
+}
 
 
 def matches(folder: Path) -> bool:
@@ -76,7 +127,30 @@ def load(folder: Path, request: LoadRequest) -> SAE:
     found = HookPoint(layer, "resid_post") if layer is not None else None
     hook = resolve_hook(found, request, "no layer_K folder in the path")
     tensors = _uppercase_w(read_npz(folder / PARAMS_FILE))
-    return _jumprelu_sae(tensors, folder / PARAMS_FILE, hook, request, NAME, _gemma_2_name(parts))
+    sae = _jumprelu_sae(tensors, folder / PARAMS_FILE, hook, request, NAME, _gemma_2_name(parts))
+    return replace(sae, neuronpedia_id=neuronpedia_id(parts))
+
+
+def neuronpedia_id(parts: list[str]) -> str | None:
+    """Neuronpedia's id of the Gemma Scope 1 residual SAE whose path ends with ``parts``
+    (``.../gemma-scope-2b-pt-res/.../layer_20/width_16k/average_l0_71`` ->
+    ``gemma-2-2b/20-gemmascope-res-16k``), or None where it is not certain (module docstring)."""
+    if len(parts) < 4:
+        return None
+    layer, width, l0 = (
+        re.fullmatch(pattern, part)
+        for pattern, part in zip(
+            (r"layer_(\d+)", r"width_(\w+)", r"average_l0_(\d+)"), parts[-3:], strict=True
+        )
+    )
+    repo = next((m for m in map(GS1_RES_REPO.search, parts[:-3]) if m), None)
+    if layer is None or width is None or l0 is None or repo is None:
+        return None
+    canonical = CANONICAL_L0.get((repo.group(1), width.group(1)), {})
+    if canonical.get(int(layer.group(1))) != int(l0.group(1)):
+        return None
+    model = "gemma-2-" + repo.group(1).removesuffix("-pt")
+    return f"{model}/{layer.group(1)}-gemmascope-res-{width.group(1)}"
 
 
 def load_2(folder: Path, request: LoadRequest) -> SAE:

@@ -128,6 +128,7 @@ def load(folder: Path, request: LoadRequest) -> SAE:
         format=NAME,
         source=source,
         model_name=fields.get("model_name") if isinstance(fields.get("model_name"), str) else None,
+        neuronpedia_id=_neuronpedia_id(fields),
     )
     if input_scale is not None:
         sae = _fold_input_scale(sae, input_scale)
@@ -145,6 +146,15 @@ def _fields(cfg: dict[str, Any], repo: str | None, source: str) -> dict[str, Any
     if not isinstance(metadata, dict):
         raise field_error(source, "metadata", metadata, "should be an object")
     return {**cfg, **metadata, **REGISTRY_OVERRIDES.get(repo or "", {})}
+
+
+def _neuronpedia_id(fields: dict[str, Any]) -> str | None:
+    """SAELens' ``neuronpedia_id`` ("MODEL_ID/SOURCE_ID"; v6 keeps it in ``metadata``), when it
+    has that shape: it names where Neuronpedia keeps this SAE's labels."""
+    value = fields.get("neuronpedia_id")
+    if isinstance(value, str) and value.count("/") == 1 and all(value.split("/")):
+        return value.strip()
+    return None
 
 
 def _flag(fields: dict[str, Any], key: str, default: bool, source: str) -> bool:

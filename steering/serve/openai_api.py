@@ -76,6 +76,7 @@ ROUTES = (
     "GET /v1/presets",
     "POST /v1/chat/completions",
     "POST /v1/activations",
+    "GET /v1/features/search",
     "GET /openapi.json",  # keep last; feature routes (features_api.py) go above
 )
 DISCONNECT_POLL_S = 0.5  # how often a plain (non-streaming) request checks its client is there

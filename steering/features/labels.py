@@ -6,7 +6,8 @@ over the words of each label, where a query word also matches the label words it
 (``pyth`` finds ``python``, at ``PREFIX_WEIGHT`` of a whole-word match) so that results come as
 a person types. Rare words weigh more than common ones (``of``, ``the``), and a short label that
 is all about the query beats a long one that mentions it. A query that is an index (``123`` or
-``#123``) finds that feature first, labelled or not.
+``#123``) finds that feature first, labelled or not (plain digits past the SAE's width are
+only label text, a year say).
 
 Why not a library: a fuzzy matcher (rapidfuzz) scores characters, not words, so it cannot weigh
 a rare word above a common one; the BM25 packages on PyPI (``rank-bm25``) are unmaintained and
@@ -68,16 +69,15 @@ class LabelIndex:
         """The best ``limit`` (index, score) for ``query``, best first, ties by index."""
         scores: dict[int, float] = defaultdict(float)
         for term in dict.fromkeys(words(query)):  # each query word once
-            best: dict[int, float] = {}  # per label, the best word this term matches
+            # the term's frequency in each label: its own word, and the words it begins
+            tf: dict[int, float] = defaultdict(float)
             for word, weight in self._matches(term):
-                idf = self._idf(len(self.postings[word]))
-                for index, tf in self.postings[word]:
-                    norm = K1 * (1 - B + B * self.lengths[index] / self.average)
-                    value = weight * idf * tf * (K1 + 1) / (tf + norm)
-                    if value > best.get(index, 0.0):
-                        best[index] = value
-            for index, value in best.items():
-                scores[index] += value
+                for index, count in self.postings[word]:
+                    tf[index] += weight * count
+            idf = math.log(1 + (self.size - len(tf) + 0.5) / (len(tf) + 0.5))
+            for index, f in tf.items():
+                norm = K1 * (1 - B + B * self.lengths[index] / self.average)
+                scores[index] += idf * f * (K1 + 1) / (f + norm)
         ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
         return ranked[:limit]
 
@@ -88,9 +88,6 @@ class LabelIndex:
             end = bisect.bisect_left(self.vocabulary, term + "\U0010ffff", start)
             found += [(word, PREFIX_WEIGHT) for word in self.vocabulary[start:end]]
         return found
-
-    def _idf(self, count: int) -> float:
-        return math.log(1 + (self.size - count + 0.5) / (count + 0.5))
 
 
 def words(text: str) -> list[str]:
@@ -121,19 +118,20 @@ def search_labels(sae: SAE, query: str, limit: int = 20) -> list[LabelMatch]:
     ``query``: words, or an index (``123``, ``#123``), at most
     ``FEATURE_FILES.max_query_chars`` characters. ``limit``: 1..``FEATURE_FILES.max_results``.
     Raises ``RequestError``/``LimitError`` (param ``q``, or ``limit``) for an empty or too long
-    query, a bad limit, or an index outside 0..d_sae-1.
+    query, a bad limit, or ``#INDEX`` outside 0..d_sae-1.
     """
     check_query(query, limit)
     found: list[LabelMatch] = []
     by_index = INDEX_QUERY.fullmatch(query.strip())
     if by_index:
         index = int(by_index.group(1))
-        if index >= sae.d_sae:
+        if index < sae.d_sae:
+            found.append(LabelMatch(index, sae.labels.get(index), 0.0, "index"))
+        elif query.strip().startswith("#"):  # plain digits may be label text (a year)
             raise RequestError(
                 f"q: there is no feature #{index}: this SAE has features 0 to {sae.d_sae - 1}",
                 param="q",
             )
-        found.append(LabelMatch(index, sae.labels.get(index), 0.0, "index"))
     for index, score in label_index(sae).search(query, limit):
         if len(found) == limit:
             break

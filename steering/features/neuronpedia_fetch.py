@@ -49,7 +49,7 @@ def fetch_exports(
     kinds: tuple[str, ...] = KINDS,
     client: httpx.Client | None = None,
     limits: FeatureFileLimits = FEATURE_FILES,
-    base_url: str = EXPORTS_URL,
+    base_url: str | None = None,
 ) -> Path:
     """Download the ``kinds`` batches of ``np_id`` into ``dest``; returns the folder that
     ``import_neuronpedia`` reads (``dest/MODEL_ID/SOURCE_ID``).
@@ -60,6 +60,7 @@ def fetch_exports(
     """
     import httpx
 
+    base_url = base_url or EXPORTS_URL  # read now: tests point it at a loopback server
     folder = dest / np_id.model / np_id.source
     own = client is None
     timeout = httpx.Timeout(limits.fetch_timeout_s)
@@ -109,9 +110,12 @@ def _fetch_kind(
             if file.is_file():  # fetched before: resume after it
                 progress.update()
                 continue
-            if number == most:
+            if number == most:  # one more would be past the bound: is there one?
+                if http.head(f"{url}/{file.name}").status_code in MISSING:
+                    return most
                 raise NeuronpediaError(
-                    f"{url} has more than {most} batches; this SAE's width allows at most {most}"
+                    f"{url} has more than {most} batches, more than a {folder.name} folder of "
+                    "this SAE's width can hold: is the Neuronpedia id another SAE's?"
                 )
             if not _fetch_file(http, f"{url}/{file.name}", file, budget, limits):
                 return number

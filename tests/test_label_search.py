@@ -185,3 +185,28 @@ def test_the_route_is_listed_and_documented(server):
     schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
     names = [p["name"] for p in schema["paths"]["/v1/features/search"]["get"]["parameters"]]
     assert names == ["q", "sae", "limit"]
+
+
+# ---- the page's search box ----
+
+
+def test_the_search_box_offers_ranked_matches_as_the_visitor_types(server):
+    import gradio as gr
+
+    from ui.handlers import Handlers
+
+    handlers = Handlers(server.service)
+    bridge, sea = ("the Golden Gate Bridge (#3)", "tiny-sae#3"), ("the sea (#7)", "tiny-sae#7")
+    assert handlers.feature_choices("golden bridge") == [bridge]  # words, not a substring
+    assert handlers.feature_choices("the") == [bridge, sea]  # a preset's name first
+    assert handlers.feature_choices("#7") == [sea]
+    assert handlers.feature_choices("20") == [("no label (#20)", "tiny-sae#20")]
+    assert handlers.feature_choices("#99") == handlers.feature_choices("x" * 300) == []
+    typed = gr.KeyUpData(None, {"key": "a", "input_value": "the se"})
+    assert handlers.search_choices(typed) == {"__type__": "update", "choices": [sea, bridge]}
+    cleared = gr.KeyUpData(None, {"key": "Backspace", "input_value": ""})
+    assert handlers.search_choices(cleared)["choices"] == [
+        bridge,
+        ("cats (#5)", "tiny-sae#5"),
+        sea,
+    ]

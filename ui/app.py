@@ -338,6 +338,15 @@ def _wire(page, h: Handlers, rows, layout, chats, chat: dict, c: dict, sampling:
     steering_out = [rows, layout, c["status"], c["preset"]]
     c["preset"].input(h.pick_preset, [c["preset"], layout], steering_out)
     c["add"].click(h.add, [c["search"], rows, layout], steering_out)
+    # ranked matches among all the labels as the visitor types (the box then filters them)
+    c["search"].key_up(
+        h.search_choices,
+        None,
+        c["search"],
+        api_visibility="private",
+        trigger_mode="always_last",
+        show_progress="hidden",
+    )
     upload_js = UPLOAD_JS % {"limit": h.service.limits.max_upload_bytes}
     c["upload"].click(h.upload, [*c["upload_file"], layout, rows], steering_out, js=upload_js)
     exports = [c["preset_text"], c["share_code"], c["active"]]

@@ -23,6 +23,7 @@ from steering.serve import (
     SteeringError,
     about,
     dump_preset,
+    search_labels,
 )
 
 from .conversation import Chat, Conversation, copy, empty, message_problem, without_last_exchange
@@ -55,6 +56,8 @@ RESUMED = {
     "reloaded": "The page was reloaded, so the conversation starts again.",
 }
 STEERING_KEPT = " Your steering was kept."
+FIRST_CHOICES = 2000  # the search box's choices before anything is typed (all of a small SAE's)
+SEARCH_RESULTS = 50  # its choices per SAE for what is typed: the best matches
 DRAFT_KEPT = " Your message is back in the box: press **Send** to send it."
 
 
@@ -176,27 +179,43 @@ class Handlers:
             )
         return ref, int(index)
 
-    def feature_choices(self, limit: int = 20_000) -> list[tuple[str, str]]:
-        """The search box's choices: each labelled feature as "label (#index)", with a
-        preset's name for it before the SAE's own label, and the features presets name first
-        (the box matches what is typed anywhere in the text, in any case)."""
+    def feature_choices(self, query: str = "", limit: int = FIRST_CHOICES) -> list[tuple[str, str]]:
+        """The search box's choices, each "label (#index)" with a preset's name for the feature
+        before the SAE's own label. With no ``query``: the features presets name, then the
+        first labelled ones, ``limit`` in all (the box matches what is typed anywhere in the
+        text, in any case). With a ``query`` (what the visitor typed): the features presets
+        name that it is part of, then each SAE's best ``SEARCH_RESULTS`` by ``search_labels``
+        (ranked words of the labels; an index typed comes first)."""
         several = len(self.service.saes) > 1
         choices = []
         for n, (ref, sae) in enumerate(self.service.saes.items()):
             prefix = f"[SAE {n}] " if several else ""
             named = {i: label for (r, i), label in self.labels.items() if r == ref}
-            # the features a preset names first: a person chose their labels
-            indices = sorted(set(sae.labels) | set(named), key=lambda i: (i not in named, i))
-            indices = indices[:limit]
-            for index in indices:
+            if query.strip():
+                typed = query.strip().casefold()
+                indices = [i for i, label in sorted(named.items()) if typed in label.casefold()]
+                try:
+                    found = search_labels(sae, query, min(limit, SEARCH_RESULTS))
+                except SteeringError:  # too long, or an index past the end: nothing to show
+                    found = []
+                indices += [m.index for m in found if m.index not in indices]
+            else:  # the features a preset names first: a person chose their labels
+                indices = sorted(set(sae.labels) | set(named), key=lambda i: (i not in named, i))
+            for index in indices[:limit]:
                 words = [named.get(index), sae.labels.get(index)]
                 unique: dict[str, str] = {}  # one of labels that differ only in case
                 for word in words:
                     if word:
                         unique.setdefault(word.lower(), word)
-                text = " · ".join(unique.values())
+                text = " · ".join(unique.values()) or "no label"
                 choices.append((f"{prefix}{text} (#{index})", f"{ref}#{index}"))
         return choices
+
+    def search_choices(self, typed: gr.KeyUpData) -> Any:
+        """The search box's choices for what the visitor has typed so far (``feature_choices``),
+        as they type."""
+        text = typed.input_value if isinstance(typed.input_value, str) else ""
+        return gr.update(choices=self.feature_choices(text))
 
     def exports(self, rows: Rows) -> tuple[str, str, str]:
         """The preset file's text (the browser downloads it: nothing is written on the

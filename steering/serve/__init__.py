@@ -22,6 +22,7 @@ public ``steering`` API only.
 from ..activations import TokenActivations
 from ..chat import flatten_content
 from ..errors import Busy, ChatError, PresetError, SteeringError
+from ..features.labels import LabelMatch, search_labels
 from ..limits import Limits
 from ..presets.schema import FORMAT_VERSION, Preset, PresetEdit, dump_preset, parse_preset
 from ..sampling import SamplingParams
@@ -38,6 +39,7 @@ __all__ = [
     "EventStream",
     "FeatureContext",
     "FeatureDefaults",
+    "LabelMatch",
     "Limits",
     "Preset",
     "PresetEdit",
@@ -51,4 +53,5 @@ __all__ = [
     "feature_defaults",
     "flatten_content",
     "parse_preset",
+    "search_labels",
 ]

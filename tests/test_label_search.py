@@ -9,6 +9,7 @@ import httpx
 import pytest
 from live_server import start_server, tiny_service
 from random_saes import random_sae
+from test_browser import browser, missing, open_page, wait_status  # noqa: F401
 
 from steering.cli import main
 from steering.errors import LimitError, RequestError
@@ -130,7 +131,7 @@ def test_the_search_command(capsys):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    live = start_server(tiny_service(tmp_path_factory.mktemp("search")), page=False)
+    live = start_server(tiny_service(tmp_path_factory.mktemp("search")))
     yield live
     live.stop()
 
@@ -203,10 +204,40 @@ def test_the_search_box_offers_ranked_matches_as_the_visitor_types(server):
     assert handlers.feature_choices("20") == [("no label (#20)", "tiny-sae#20")]
     assert handlers.feature_choices("#99") == handlers.feature_choices("x" * 300) == []
     typed = gr.KeyUpData(None, {"key": "a", "input_value": "the se"})
+    assert handlers.search_choices(typed) == gr.skip()  # the box holds all 3 labels already
+
+
+def test_the_search_box_of_an_sae_with_many_labels_updates_as_the_visitor_types(
+    server, monkeypatch
+):
+    import gradio as gr
+
+    import ui.handlers
+    from ui.handlers import Handlers
+
+    monkeypatch.setattr(ui.handlers, "FIRST_CHOICES", 2)  # fewer than the SAE's 3 labels
+    handlers = Handlers(server.service)
+    bridge, sea = ("the Golden Gate Bridge (#3)", "tiny-sae#3"), ("the sea (#7)", "tiny-sae#7")
+    typed = gr.KeyUpData(None, {"key": "e", "input_value": "the se"})
     assert handlers.search_choices(typed) == {"__type__": "update", "choices": [sea, bridge]}
     cleared = gr.KeyUpData(None, {"key": "Backspace", "input_value": ""})
-    assert handlers.search_choices(cleared)["choices"] == [
-        bridge,
-        ("cats (#5)", "tiny-sae#5"),
-        sea,
-    ]
+    first = [bridge, ("cats (#5)", "tiny-sae#5")]  # the preset's feature, then by index
+    assert handlers.search_choices(cleared)["choices"] == first
+
+
+@pytest.mark.skipif(missing is not None, reason=missing or "")
+def test_the_page_finds_a_feature_the_box_did_not_hold(server, browser, monkeypatch):  # noqa: F811
+    """In a real browser: the box holds only its first choices; an index typed brings the
+    feature in from the server as the visitor types, and Add adds it."""
+    import ui.handlers
+
+    monkeypatch.setattr(ui.handlers, "FIRST_CHOICES", 2)  # as an SAE with many labels
+    page = open_page(browser, server.url)
+    search = page.locator("#search input")
+    search.click()
+    search.press_sequentially("#20", delay=50)
+    option = page.locator("#search li[aria-label='no label (#20)']")
+    option.wait_for(timeout=10_000)
+    option.click()
+    page.locator("#add").click()
+    wait_status(page, "(#20); set its strength and scope on its card.")

@@ -338,13 +338,16 @@ def _wire(page, h: Handlers, rows, layout, chats, chat: dict, c: dict, sampling:
     steering_out = [rows, layout, c["status"], c["preset"]]
     c["preset"].input(h.pick_preset, [c["preset"], layout], steering_out)
     c["add"].click(h.add, [c["search"], rows, layout], steering_out)
-    # ranked matches among all the labels as the visitor types (the box then filters them)
+    # Ranked matches among all the labels as the visitor types (the box then filters them).
+    # Every key counts, answered one at a time in order, so the last answer is the last text.
     c["search"].key_up(
         h.search_choices,
         None,
         c["search"],
         api_visibility="private",
-        trigger_mode="always_last",
+        trigger_mode="multiple",
+        concurrency_limit=1,
+        concurrency_id="feature_search",
         show_progress="hidden",
     )
     upload_js = UPLOAD_JS % {"limit": h.service.limits.max_upload_bytes}

@@ -179,14 +179,15 @@ class Handlers:
             )
         return ref, int(index)
 
-    def feature_choices(self, query: str = "", limit: int = FIRST_CHOICES) -> list[tuple[str, str]]:
+    def feature_choices(self, query: str = "", limit: int | None = None) -> list[tuple[str, str]]:
         """The search box's choices, each "label (#index)" with a preset's name for the feature
         before the SAE's own label. With no ``query``: the features presets name, then the
-        first labelled ones, ``limit`` in all (the box matches what is typed anywhere in the
+        first labelled ones, ``limit`` of each SAE (the box matches what is typed anywhere in the
         text, in any case). With a ``query`` (what the visitor typed): the features presets
         name that it is part of, then each SAE's best ``SEARCH_RESULTS`` by ``search_labels``
         (ranked words of the labels; an index typed comes first)."""
         several = len(self.service.saes) > 1
+        limit = FIRST_CHOICES if limit is None else limit
         choices = []
         for n, (ref, sae) in enumerate(self.service.saes.items()):
             prefix = f"[SAE {n}] " if several else ""
@@ -213,7 +214,11 @@ class Handlers:
 
     def search_choices(self, typed: gr.KeyUpData) -> Any:
         """The search box's choices for what the visitor has typed so far (``feature_choices``),
-        as they type."""
+        as they type; none to send while the box holds every labelled feature already (the
+        browser filters those itself, and a list replaced under the pointer can lose a click)."""
+        labelled = sum(len(sae.labels) for sae in self.service.saes.values()) + len(self.labels)
+        if labelled <= FIRST_CHOICES:
+            return gr.skip()
         text = typed.input_value if isinstance(typed.input_value, str) else ""
         return gr.update(choices=self.feature_choices(text))
 

@@ -323,6 +323,17 @@ def test_fetch_of_an_id_the_bucket_lacks(tmp_path):
         fetch_exports(NeuronpediaId(MODEL, "nope"), tmp_path / "dl", 16, client=client)
 
 
+def test_fetch_stops_at_the_bound_of_the_sae_width(tmp_path):
+    folder = tmp_path / "v1" / MODEL / SOURCE
+    write_batches(folder / "explanations", [explanation_row(i, "x") for i in range(16)])
+    write_batches(folder / "features", [feature_row(i, 1.0, 0.1) for i in range(2048)])
+    client = httpx.Client(transport=bucket(tmp_path, []))
+    with pytest.raises(
+        NeuronpediaError, match="features has more batches than the 1 that a features folder"
+    ):
+        fetch_exports(NeuronpediaId(MODEL, SOURCE), tmp_path / "dl", 16, client=client)
+
+
 def test_an_unreachable_bucket_says_what_to_do_by_hand(tmp_path):
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..errors import SteeringError
 from ..formats.feature_files import feature_files_folder, user_folder
@@ -151,7 +152,8 @@ def read_neuronpedia(
     """
     data = NeuronpediaData()
     rows = 0
-    for file in data_files(path):
+    files = data_files(path)
+    for file in tqdm(files, desc="reading Neuronpedia's rows", unit="file", disable=len(files) < 2):
         data.files += 1
         for row in _rows(file, limits):
             rows += 1

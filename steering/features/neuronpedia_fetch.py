@@ -114,8 +114,8 @@ def _fetch_kind(
                 if http.head(f"{url}/{file.name}").status_code in MISSING:
                     return most
                 raise NeuronpediaError(
-                    f"{url} has more than {most} batches, more than a {folder.name} folder of "
-                    "this SAE's width can hold: is the Neuronpedia id another SAE's?"
+                    f"{url} has more batches than the {most} that a {folder.name} folder of "
+                    "this SAE's width holds: is the Neuronpedia id another SAE's?"
                 )
             if not _fetch_file(http, f"{url}/{file.name}", file, budget, limits):
                 return number

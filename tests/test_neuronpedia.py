@@ -209,6 +209,22 @@ def test_an_index_past_the_width_is_refused(tmp_path):
         import_neuronpedia(sae, file)
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("deep.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deep"),
+        ("bad.jsonl.gz", b"not gzip at all", "Not a gzipped file"),
+        ("bad.jsonl", b'{"index": "1"\n', "Expecting ',' delimiter"),
+        ("list.jsonl", b"[1, 2]\n", "row 1 is a list, not an object"),
+    ],
+)
+def test_unreadable_files_are_clear_errors(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    sae = load_sae(write_sae(tmp_path))
+    with pytest.raises(NeuronpediaError, match=message):
+        import_neuronpedia(sae, tmp_path / name)
+
+
 def test_a_saved_feature_api_answer_is_read(tmp_path):
     answer = feature_row(17, 4.25, 0.002) | {
         "explanations": [

@@ -209,8 +209,9 @@ def _rows(file: Path, limits: FeatureFileLimits) -> Iterator[dict[str, Any]]:
                     )
                 if line.strip():
                     yield _object(json.loads(line), file, number + 1)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NeuronpediaError(f"{file} is not readable as Neuronpedia JSON lines: {e}") from e
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        what = "nested too deep" if isinstance(e, RecursionError) else str(e)
+        raise NeuronpediaError(f"{file} is not readable as Neuronpedia JSON lines: {what}") from e
 
 
 def _json_rows(file: Path, limits: FeatureFileLimits) -> Iterator[dict[str, Any]]:

@@ -105,12 +105,12 @@ def add_sweep_command(subparsers: Any) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``steering sweep``: run the sweep, print the table (or JSON), write the files."""
     from ..features.plot import format_table, plot_sweep, to_csv, to_json
-    from ..features.sweep import Concept, calibrate
+    from ..features.sweep import Concept, calibrate, check_multipliers
 
     concept = (
         Concept.regex(args.regex) if args.regex is not None else Concept.keywords(args.concept)
     )
-    multipliers = parse_multipliers(args.multipliers)
+    multipliers = check_multipliers(parse_multipliers(args.multipliers))
     if bool(args.feature) == bool(args.preset):
         raise SteeringError("sweep: give --feature (one or more) or --preset, not both")
     demo = not args.model

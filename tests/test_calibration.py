@@ -9,6 +9,8 @@ import io
 import json
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -262,6 +264,28 @@ def test_the_command_line_sweeps_a_preset(tmp_path, capsys, curve):
     assert (written.name, written.scale, written.verified) == ("Golden Gate Bridge", 0.5, True)
 
 
+def test_the_command_line_sweeps_features_into_a_preset(tmp_path, capsys, curve):
+    prompts = held_out_prompts(60, "test")[:6]
+    path = tmp_path / "gg.json"
+    args = ["sweep", "--feature", "660", "--feature", "0:704:clamp", "--positions", "prompt"]
+    args += ["--multipliers", "2", "--regex", BRIDGE, "--json", "--write-preset", str(path)]
+    assert main([*args, *(x for p in prompts for x in ("--prompt", p))]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["unit"] == "clamp value of features 660, 704, x max activation, prompt tokens"
+    concept = Concept.regex(BRIDGE)
+    for point in data["points"]:  # the same rows as the 60-prompt sweep's first six
+        rows = [r for r in curve.replies if r.multiplier == point["multiplier"] and r.prompt < 6]
+        assert point["concept_rate"] == sum(concept.matches(r.text) for r in rows) / 6
+        assert point["well_formed"] == sum(r.well_formed for r in rows) / 6
+    written = read_preset_file(path)
+    assert data["suggested"] == 2.0 and written.name == "features 660, 704 at 2"
+    assert [(s.ref, s.layer, s.d_sae) for s in written.saes] == [("demo-sae", 1, 1024)]
+    assert [(e.feature, e.mode, e.value) for e in written.edits] == [
+        (660, "clamp", 2.0),
+        (704, "clamp", 2.0),
+    ]
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -271,6 +295,10 @@ def test_the_command_line_sweeps_a_preset(tmp_path, capsys, curve):
         (["--concept", "b", "--feature", "660", "--preset", "x"], "not both"),
         (["--concept", "b", "--feature", "660=2x"], "the multipliers are its values"),
         (["--concept", "b", "--feature", "660", "--prompts", "/nope.txt"], "no such file"),
+        (["--concept", "b", "--feature", "660", "--max-new-tokens", "0"], "0 is not in 1..1024"),
+        (["--concept", "b", "--feature", "660", "--batch", "0"], "batch_rows: 0 is not in"),
+        (["--concept", "b", "--feature", "2000"], "feature index 2000 is out of range"),
+        (["--concept", "b", "--preset", "no-such"], "no preset named 'no-such'"),
     ],
 )
 def test_the_command_line_names_bad_input(capsys, args, words):
@@ -281,3 +309,21 @@ def test_the_command_line_names_bad_input(capsys, args, words):
 def test_the_command_line_defaults_are_the_librarys():
     assert cli_sweep.DEFAULT_FLUENCY_BOUND == lib.DEFAULT_FLUENCY_BOUND
     assert cli_sweep.DEFAULT_WELL_FORMED_DROP == lib.DEFAULT_WELL_FORMED_DROP
+
+
+@pytest.mark.parametrize("argv", [["sweep", "--help"], ["activations", "--help"]])
+def test_the_help_imports_no_torch(argv):
+    code = (
+        "import sys\n"
+        "from steering.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('HEAVY', [m for m in ('torch', 'matplotlib') if m in sys.modules])\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stderr[-2000:]

@@ -78,7 +78,9 @@ class Concept:
     def regex(cls, pattern: str) -> Concept:
         """Raises ``RequestError`` (param ``concept``) for an empty or invalid expression."""
         if not pattern or len(pattern) > 1000:
-            raise RequestError("concept: give a regular expression of 1..1000 characters")
+            raise RequestError(
+                "concept: give a regular expression of 1..1000 characters", param="concept"
+            )
         try:
             compiled = re.compile(pattern, re.IGNORECASE)
         except re.error as e:

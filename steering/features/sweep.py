@@ -62,7 +62,9 @@ MAX_NEW_TOKENS = 1024
 MAX_BATCH_ROWS = 4096
 DEFAULT_FLUENCY_BOUND = 1.0  # nats/token over the unsteered replies' loss
 DEFAULT_WELL_FORMED_DROP = 0.1  # share of replies below the unsteered well-formed rate
-LOSS_TOKENS = 8192  # (rows x tokens) of one loss forward pass: bounds its logits in memory
+# (rows x tokens) of one loss forward pass: its float32 logits are LOSS_TOKENS x vocabulary x 4
+# bytes, 2 GB for a 256k vocabulary
+LOSS_TOKENS = 2048
 
 Prompt = str | Sequence[Message]  # one user message, or a chat
 
@@ -293,7 +295,10 @@ def _run(
 
 @torch.inference_mode()
 def reply_losses(
-    model: SteerableModel, prompt_ids: Sequence[Sequence[int]], replies: Sequence[Sequence[int]]
+    model: SteerableModel,
+    prompt_ids: Sequence[Sequence[int]],
+    replies: Sequence[Sequence[int]],
+    progress: bool = False,
 ) -> list[tuple[float, int]]:
     """Per reply: the summed loss (nats) of its tokens under the unsteered model, read after
     its prompt, and the number of tokens. ``prompt_ids[i]`` is reply ``i``'s prompt.
@@ -303,6 +308,7 @@ def reply_losses(
     out: list[tuple[float, int]] = [(0.0, 0)] * len(replies)
     order = sorted(range(len(replies)), key=lambda i: len(prompt_ids[i]) + len(replies[i]))
     start = 0
+    bar = tqdm(total=len(order), desc="fluency", unit="reply", disable=not progress)
     while start < len(order):
         width = len(prompt_ids[order[start]]) + len(replies[order[start]])
         stop = start + 1
@@ -328,7 +334,9 @@ def reply_losses(
         ).sum(-1)
         for row, i in enumerate(chunk):
             out[i] = (float(loss[row]), len(replies[i]))
+        bar.update(stop - start)
         start = stop
+    bar.close()
     return out
 
 
@@ -372,7 +380,7 @@ def calibrate(
         progress=progress,
     )
     losses = reply_losses(
-        model, [prompt_ids[r.prompt] for r in replies], [r.tokens for r in replies]
+        model, [prompt_ids[r.prompt] for r in replies], [r.tokens for r in replies], progress
     )
     points = []
     for m in multipliers:

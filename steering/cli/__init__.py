@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..errors import SteeringError
 from ..plan import MODES, POSITIONS
+from .activations import add_activations_command
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
 from .serve import add_model_arguments, add_serve_command
+from .sweep import add_sweep_command
 
 if TYPE_CHECKING:
     from ..plan import FeatureEdit
@@ -82,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_presets_commands(sub)
     add_serve_command(sub)
+    add_sweep_command(sub)
+    add_activations_command(sub)
     return parser
 
 

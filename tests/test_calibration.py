@@ -23,15 +23,14 @@ from steering.demo.evaluate import generate, reply_loss
 from steering.demo.plot import draw_curve
 from steering.errors import PresetError, RequestError
 from steering.features import sweep as lib
-from steering.features.plot import format_table, plot_sweep, to_csv, to_json
+from steering.features.calibrated_preset import preset_at_scale, preset_for_plan
+from steering.features.report import format_table, plot_sweep, to_csv, to_json
 from steering.features.sweep import (
     Concept,
     SweepPoint,
     SweepResult,
     calibrate,
     check_multipliers,
-    preset_at_scale,
-    preset_for_plan,
     suggest,
     sweep_plans,
 )

@@ -104,7 +104,7 @@ def add_sweep_command(subparsers: Any) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``steering sweep``: run the sweep, print the table (or JSON), write the files."""
-    from ..features.plot import format_table, plot_sweep, to_csv, to_json
+    from ..features.report import format_table, plot_sweep, to_csv, to_json
     from ..features.sweep import Concept, calibrate, check_multipliers
 
     concept = (
@@ -274,7 +274,7 @@ def _suggested_preset(
 ) -> Preset:
     """The preset at the suggested multiplier: a copy of ``preset`` at that scale, or the
     ``--feature`` edits at that value."""
-    from ..features.sweep import describe_calibration, preset_at_scale, preset_for_plan
+    from ..features.calibrated_preset import describe_calibration, preset_at_scale, preset_for_plan
 
     if result.suggested is None:
         raise SteeringError(f"no preset written: no multiplier qualifies ({result.reason})")

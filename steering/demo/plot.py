@@ -1,12 +1,12 @@
 """The Golden Gate curve as a PNG: share of replies that bring in the bridge (red) and of
 well-formed replies (blue) against the multiplier (evenly spaced), drawn by
-``steering.features.plot.line_chart`` (matplotlib)."""
+``steering.features.report.line_chart`` (matplotlib)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..features.plot import line_chart
+from ..features.report import line_chart
 
 
 def draw_curve(points: list[dict[str, float]], path: Path) -> None:

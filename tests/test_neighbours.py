@@ -1,0 +1,62 @@
+"""Decoder neighbours: chunked top-k cosine, exact against a brute-force (d_sae, d_sae) matrix,
+dead features without NaN, and bad requests refused naming the value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from random_saes import random_sae
+
+from steering.errors import RequestError
+from steering.features.neighbours import decoder_neighbours
+
+
+def brute_force(W_dec: torch.Tensor, feature: int, top: int) -> tuple[list[int], list[float]]:
+    """Every row's cosine with the feature's at once (dot with its unit direction over the
+    row's norm), zero rows at cosine 0, the feature itself left out, sorted in Python."""
+    W = W_dec.float()
+    norms = W.norm(dim=1)
+    row = (W @ (W[feature] / W[feature].norm())) / torch.where(norms > 0, norms, 1.0)
+    row[feature] = -torch.inf
+    ranked = sorted(range(W.shape[0]), key=lambda i: (-float(row[i]), i))[:top]
+    return ranked, [float(row[i]) for i in ranked]
+
+
+@pytest.mark.parametrize("chunk", [37, 64, 1000])  # smaller than d_sae and not dividing it
+def test_neighbours_equal_a_brute_force_computation(chunk):
+    sae = random_sae(24, 300, 1, seed=5)
+    sae.W_dec[[3, 150, 299]] = 0.0  # dead features
+    sae.W_dec[10] = sae.W_dec[0] * 2.5  # a feature along feature 0: cosine 1
+    sae.labels = {10: "twin"}
+    for feature in (0, 1, 200, 298):
+        found = decoder_neighbours(sae, feature, top=12, chunk=chunk)
+        indices, cosines = brute_force(sae.W_dec, feature, 12)
+        assert [n.index for n in found] == indices
+        assert [n.cosine for n in found] == cosines  # exactly
+    first = decoder_neighbours(sae, 0, top=1, chunk=chunk)[0]
+    assert (first.index, first.label) == (10, "twin") and first.cosine == pytest.approx(1.0)
+
+
+def test_dead_features_rank_at_cosine_zero_without_nan():
+    sae = random_sae(8, 10, 1, seed=2)
+    sae.W_dec[1:] = 0.0
+    sae.W_dec[9] = -sae.W_dec[0]
+    found = decoder_neighbours(sae, 0, top=9, chunk=4)
+    assert [(n.index, n.cosine) for n in found[:8]] == [(i, 0.0) for i in range(1, 9)]
+    assert (found[8].index, found[8].cosine) == (9, pytest.approx(-1.0))
+
+
+def test_bad_requests_name_the_value():
+    sae = random_sae(8, 10, 1, seed=2)
+    with pytest.raises(
+        RequestError, match=r"feature: 10 is not a feature of this SAE \(valid: 0\.\.9\)"
+    ):
+        decoder_neighbours(sae, 10)
+    with pytest.raises(RequestError, match=r"feature: -1 is not"):
+        decoder_neighbours(sae, -1)
+    with pytest.raises(RequestError, match=r"top: 0 must be a positive integer"):
+        decoder_neighbours(sae, 0, top=0)
+    assert len(decoder_neighbours(sae, 0, top=50)) == 9  # all the others
+    sae.W_dec[4] = 0.0
+    with pytest.raises(RequestError, match="feature: 4 has a zero decoder direction"):
+        decoder_neighbours(sae, 4)

@@ -172,3 +172,31 @@ def test_the_golden_gate_features_top_a_contrast_of_bridge_prompts(demo):
     }
     # Against the demo world's neutral baseline, too.
     assert preset <= {f.index for f in contrast(model, sae, bridge, top=3)}
+
+
+def test_the_command_prints_what_the_library_finds(demo, tmp_path, capsys):
+    from steering.cli import main
+    from steering.demo.corpus import BRIDGE_CUES, TOPIC_QUESTIONS
+    from steering.features.contrast import contrast_json
+
+    model, sae = demo
+    bridge = [*BRIDGE_CUES, *TOPIC_QUESTIONS["bridge"]]
+    rest = TOPIC_QUESTIONS["cats"] + TOPIC_QUESTIONS["space"]
+    (tmp_path / "a.txt").write_text("\n".join(bridge[:-1]) + "\n\n")
+    (tmp_path / "b.txt").write_text("\n".join(rest) + "\n")
+    argv = [str(tmp_path / "a.txt"), "--prompt", bridge[-1], "--against", str(tmp_path / "b.txt")]
+    assert main(["contrast", *argv, "--top", "4", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = contrast(model, sae, bridge, rest, top=4)
+    assert printed["features"] == [contrast_json(f) for f in expected]
+    assert (printed["prompts"], printed["against"], printed["by"]) == (8, 8, "difference")
+    assert main(["contrast", *argv, "--top", "2", "--by", "effect_size"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "8 prompts against 8 prompts, ranked by effect size"
+    assert lines[1].split() == ["feature", "label", "mean", "A", "mean", "B", "difference",
+                                "effect", "size"]  # fmt: skip
+    top = contrast(model, sae, bridge, rest, top=2, by="effect_size")
+    assert [int(line.split()[0]) for line in lines[2:]] == [f.index for f in top]
+    too_few = ["contrast", "--prompt", "why ?", "--against-prompt", "what ?"]
+    assert main(too_few) == 1  # an error, no trace
+    assert "at least 3 are needed" in capsys.readouterr().err

@@ -60,3 +60,30 @@ def test_bad_requests_name_the_value():
     sae.W_dec[4] = 0.0
     with pytest.raises(RequestError, match="feature: 4 has a zero decoder direction"):
         decoder_neighbours(sae, 4)
+
+
+def test_the_command_prints_what_the_library_finds(tmp_path, capsys):
+    import json
+
+    from steering.cli import main
+    from steering.formats import load_sae
+    from steering.formats.writer import save_sae
+
+    sae = random_sae(16, 40, 2, seed=7)
+    sae.labels = {5: "five <b>"}
+    save_sae(sae, tmp_path / "sae")
+    loaded = load_sae(tmp_path / "sae")
+    expected = decoder_neighbours(loaded, 3, top=4)
+    assert main(["neighbours", str(tmp_path / "sae"), "3", "--top", "4", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(n["feature"], n["cosine"]) for n in printed["neighbours"]] == [
+        (n.index, n.cosine) for n in expected
+    ]
+    assert main(["neighbours", str(tmp_path / "sae"), "3", "--top", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "feature 3: nearest by decoder"
+    assert [(int(row.split()[0]), row.split()[-1]) for row in lines[2:]] == [
+        (n.index, f"{n.cosine:.4f}") for n in expected
+    ]
+    assert main(["neighbours", str(tmp_path / "sae"), "40"]) == 1
+    assert "feature: 40 is not a feature of this SAE (valid: 0..39)" in capsys.readouterr().err

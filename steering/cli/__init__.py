@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..errors import SteeringError
 from ..plan import MODES, POSITIONS
+from .contrast import add_contrast_commands
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
 from .serve import add_model_arguments, add_serve_command
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_sae_info)
 
     add_presets_commands(sub)
+    add_contrast_commands(sub)
     add_serve_command(sub)
     return parser
 

@@ -115,7 +115,11 @@ def prompt_tokens(
     specials = special_tokens(tokenizer)
     positions = tuple(i for i in range(start, end) if ids[i] not in specials)
     if not positions:
-        raise RequestError(f"prompts: {prompt[:80]!r} has no tokens of its own", param="prompts")
+        raise RequestError(
+            f"prompts: {prompt[:80]!r} has no tokens of its own (it is empty, or only "
+            "special or unknown tokens)",
+            param="prompts",
+        )
     return PromptTokens(tuple(ids), positions)
 
 
@@ -250,3 +254,18 @@ def contrast(
         means[i] = job() if run is None else run(job)
     n_a = len(a_prompts)
     return rank_contrast(means[:n_a], means[n_a:], top, sae.labels, by)
+
+
+def contrast_json(found: FeatureContrast) -> dict[str, Any]:
+    """``found`` as a JSON object; an infinite effect size is null (JSON has no infinity) and
+    ``separated`` says the sets are perfectly separated (zero spread in both, means differ)."""
+    finite = math.isfinite(found.effect_size)
+    return {
+        "feature": found.index,
+        "label": found.label,
+        "mean_a": found.mean_a,
+        "mean_b": found.mean_b,
+        "difference": found.difference,
+        "effect_size": found.effect_size if finite else None,
+        "separated": not finite,
+    }

@@ -95,3 +95,8 @@ def _top(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
     order), so a stable descending sort keeps the lower index first."""
     order = torch.sort(values, descending=True, stable=True).indices[:k]
     return values[order], indices[order]
+
+
+def neighbour_json(found: Neighbour) -> dict[str, object]:
+    """``found`` as a JSON object."""
+    return {"feature": found.index, "label": found.label, "cosine": found.cosine}

@@ -84,12 +84,17 @@ class PromptTokens:
 
 
 def prompt_tokens(
-    tokenizer: Any, prompt: str, limits: Limits = Limits(), context: int | None = None
+    tokenizer: Any,
+    prompt: str,
+    limits: Limits = Limits(),
+    context: int | None = None,
+    name: str = "prompts",
 ) -> PromptTokens:
     """``prompt`` rendered as the user message of a one-turn chat, and where its text is.
 
     The text's tokens are those that differ from the rendering of an empty message (the
-    longest common prefix and suffix are the template's), less special tokens. Raises
+    longest common prefix and suffix are the template's), less special tokens. ``name``
+    says which prompt it is in an error ("prompts.3", "against.0"). Raises
     ``RequestError`` when the prompt has no token of its own, ``PromptTooLong`` beyond
     min(``limits.max_prompt_tokens``, ``context``) tokens, ``ChatError`` for a bad prompt.
     """
@@ -98,9 +103,9 @@ def prompt_tokens(
     most = limits.max_prompt_tokens if context is None else min(limits.max_prompt_tokens, context)
     if len(ids) > most:
         raise PromptTooLong(
-            f"prompts: a prompt of {len(ids)} tokens, at most {most} (max_prompt_tokens "
+            f"{name}: {len(ids)} tokens, at most {most} (max_prompt_tokens "
             f"{limits.max_prompt_tokens}, the model's context {context or 'unknown'})",
-            param="prompts",
+            param=name.partition(".")[0],
         )
     start = 0
     while start < min(len(ids), len(empty)) and ids[start] == empty[start]:
@@ -116,9 +121,9 @@ def prompt_tokens(
     positions = tuple(i for i in range(start, end) if ids[i] not in specials)
     if not positions:
         raise RequestError(
-            f"prompts: {prompt[:80]!r} has no tokens of its own (it is empty, or only "
+            f"{name}: {prompt[:80]!r} has no tokens of its own (it is empty, or only "
             "special or unknown tokens)",
-            param="prompts",
+            param=name.partition(".")[0],
         )
     return PromptTokens(tuple(ids), positions)
 
@@ -179,6 +184,17 @@ def check_sets(
         raise RequestError(
             f"top: {top!r} must be an integer in 1..{limits.max_contrast_results}", param="top"
         )
+
+
+def render_sets(
+    model: SteerableModel, prompts: Sequence[str], against: Sequence[str], limits: Limits
+) -> list[PromptTokens]:
+    """Both sets rendered (``prompt_tokens``), set A first; errors name the prompt."""
+    return [
+        prompt_tokens(model.tokenizer, p, limits, model.context_length, f"{name}.{i}")
+        for name, prompts_of in (("prompts", prompts), ("against", against))
+        for i, p in enumerate(prompts_of)
+    ]
 
 
 def rank_contrast(
@@ -244,10 +260,7 @@ def contrast(
     check_sets(a_prompts, b_prompts, top, limits)
     if by not in RANKINGS:
         raise RequestError(f"by: {by!r} is not one of {', '.join(RANKINGS)}", param="by")
-    rendered = [
-        prompt_tokens(model.tokenizer, p, limits, model.context_length)
-        for p in a_prompts + b_prompts
-    ]
+    rendered = render_sets(model, a_prompts, b_prompts, limits)
     means = torch.empty(len(rendered), sae.d_sae, dtype=torch.float32)
     for i, p in enumerate(tqdm(rendered, desc="contrast", unit="prompt", disable=not progress)):
         job = lambda p=p: prompt_means(model, sae, p)  # noqa: E731

@@ -87,3 +87,53 @@ def test_the_command_prints_what_the_library_finds(tmp_path, capsys):
     ]
     assert main(["neighbours", str(tmp_path / "sae"), "40"]) == 1
     assert "feature: 40 is not a feature of this SAE (valid: 0..39)" in capsys.readouterr().err
+
+
+def test_the_cache_computes_a_features_neighbours_once(monkeypatch):
+    from steering.features import neighbours
+
+    sae = random_sae(16, 50, 1, seed=9)
+    calls = []
+    real = neighbours.decoder_neighbours
+    monkeypatch.setattr(
+        neighbours, "decoder_neighbours", lambda *a, **k: calls.append(a[1:]) or real(*a, **k)
+    )
+    first = neighbours.cached_neighbours(sae, 4, top=5)
+    assert first == real(sae, 4, top=5)
+    sae.labels = {first[0].index: "named later"}  # labels are read at each call
+    again = neighbours.cached_neighbours(sae, 4, top=3)
+    assert [(n.index, n.cosine) for n in again] == [(n.index, n.cosine) for n in first[:3]]
+    assert again[0].label == "named later"
+    assert calls == [(4, neighbours.CACHED_TOP)]  # once, for the cached top
+    assert len(neighbours.cached_neighbours(sae, 4, top=40)) == 40  # more than cached: anew
+    assert neighbours.cached_neighbours(sae, 4, top=10) == real(sae, 4, top=10)
+    assert calls == [(4, neighbours.CACHED_TOP), (4, 40)]
+    with pytest.raises(RequestError, match="top: 0 must be a positive integer"):
+        neighbours.cached_neighbours(sae, 4, top=0)
+
+
+def test_the_feature_card_lists_the_nearest_features_escaped(tmp_path):
+    from live_server import FEATURE, tiny_service
+
+    from ui.cards import SHOWN_NEIGHBOURS, card_html, nearest_features
+    from ui.features import FeatureRow
+
+    service = tiny_service(tmp_path)
+    try:
+        sae = service.sae_for("tiny-sae")
+        expected = decoder_neighbours(sae, FEATURE, top=SHOWN_NEIGHBOURS)
+        sae.labels[expected[0].index] = "<b>bold</b> & more"
+        row = FeatureRow("tiny-sae", FEATURE, "the Golden Gate Bridge")
+        shown = nearest_features(service, row)
+        assert [(n.index, n.cosine) for n in shown] == [(n.index, n.cosine) for n in expected]
+        html = card_html(row, (), shown)
+        first = expected[0]
+        assert (
+            f'<li>#{first.index} &lt;b&gt;bold&lt;/b&gt; &amp; more <span class="feature-meta">'
+            f"({first.cosine:.2f})</span></li>"
+        ) in html
+        assert html.count("<li>#") == SHOWN_NEIGHBOURS and "<b>" not in html
+        assert nearest_features(service, FeatureRow("elsewhere", 1, "x")) == ()
+        assert "feature-neighbours" not in card_html(row)
+    finally:
+        service.close()

@@ -5,6 +5,9 @@ Monosemanticity", 2024), the neighbours of feature i are the rows of ``W_dec`` (
 with the highest cosine similarity to row i. The cosines are computed in chunks of rows with a
 running top-k, so memory holds one (chunk,) block of cosines and never a (d_sae, d_sae) matrix.
 
+An SAE's neighbours never change: ``cached_neighbours`` keeps each feature's answer for as
+long as the SAE is loaded (the page's feature card and the API ask through it).
+
 A row of zero norm (a dead feature whose decoder direction is 0) has no direction: its cosine
 with any feature is defined as 0 (never NaN), and a feature whose own row is 0 has no
 neighbours (``RequestError``).
@@ -12,6 +15,8 @@ neighbours (``RequestError``).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +26,8 @@ from ..errors import RequestError
 from ..sae import SAE
 
 CHUNK = 16_384  # decoder rows per block: a (CHUNK, d_in) float32 copy at most
+CACHED_TOP = 32  # neighbours computed per feature for the cache (a larger top is computed anew)
+CACHED_FEATURES = 4096  # features whose neighbours the cache keeps per SAE (the oldest go)
 
 
 @dataclass(frozen=True)
@@ -100,3 +107,28 @@ def _top(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def neighbour_json(found: Neighbour) -> dict[str, object]:
     """``found`` as a JSON object."""
     return {"feature": found.index, "label": found.label, "cosine": found.cosine}
+
+
+_cache: weakref.WeakKeyDictionary[SAE, dict[int, tuple[tuple[int, float], ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+_cache_lock = threading.Lock()
+
+
+def cached_neighbours(sae: SAE, feature: int, top: int = 10) -> list[Neighbour]:
+    """``decoder_neighbours(sae, feature, top)``, computed once per feature (at least
+    ``CACHED_TOP`` of them) and kept while ``sae`` is alive; labels are read at each call (an
+    SAE's labels may be loaded later). Raises what ``decoder_neighbours`` raises."""
+    with _cache_lock:
+        known = _cache.get(sae, {}).get(feature)
+    if known is None or (len(known) < top and len(known) < sae.d_sae - 1):
+        found = decoder_neighbours(sae, feature, max(top, CACHED_TOP))
+        known = tuple((n.index, n.cosine) for n in found)
+        with _cache_lock:
+            per_sae = _cache.setdefault(sae, {})
+            if feature not in per_sae and len(per_sae) >= CACHED_FEATURES:
+                per_sae.pop(next(iter(per_sae)))
+            per_sae[feature] = known
+    elif isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise RequestError(f"top: {top!r} must be a positive integer", param="top")
+    return [Neighbour(i, cosine, sae.labels.get(i)) for i, cosine in known[:top]]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -24,7 +24,7 @@ from ..features.contrast import (
     rank_contrast,
     render_sets,
 )
-from ..features.neighbours import decoder_neighbours, neighbour_json
+from ..features.neighbours import cached_neighbours, neighbour_json
 from ..features.neutral import neutral_prompts
 from .api_errors import ApiError, shown
 from .bodies import parse_json, read_body, require_json
@@ -86,7 +86,6 @@ NEIGHBOURS_PARAMETERS = {
         {"name": "sae", "in": "query", "required": False, "schema": {"type": "string"}},
     ]
 }
-NEIGHBOURS_CACHED = 1024  # (SAE, feature) answers kept: an SAE's neighbours never change
 
 
 def add_contrast_routes(
@@ -106,12 +105,6 @@ def add_contrast_routes(
             return await _unless_client_leaves(request, _contrast(service, workers, raw, ticket))
         finally:
             ticket.release()
-
-    @lru_cache(maxsize=NEIGHBOURS_CACHED)
-    def neighbours_of(ref: str, feature: int) -> list[dict[str, Any]]:
-        _, sae = service.offered_sae(ref)
-        found = decoder_neighbours(sae, feature, top=service.limits.max_neighbours)
-        return [neighbour_json(n) for n in found]
 
     @router.get("/v1/features/neighbours", openapi_extra=NEIGHBOURS_PARAMETERS)
     async def features_neighbours(request: Request) -> Any:
@@ -134,7 +127,7 @@ def add_contrast_routes(
             def work() -> dict[str, Any]:
                 try:
                     ref, sae = service.offered_sae(query.get("sae"))
-                    found = neighbours_of(ref, feature)
+                    found = cached_neighbours(sae, feature, top)
                 except Exception as e:
                     raise _as_api_error(e) from e
                 return {
@@ -142,7 +135,7 @@ def add_contrast_routes(
                     "sae": ref,
                     "feature": feature,
                     "label": sae.labels.get(feature),
-                    "data": found[:top],
+                    "data": [neighbour_json(n) for n in found],
                 }
 
             return await workers.run(work)

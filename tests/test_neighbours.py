@@ -28,11 +28,15 @@ def test_neighbours_equal_a_brute_force_computation(chunk):
     sae.W_dec[[3, 150, 299]] = 0.0  # dead features
     sae.W_dec[10] = sae.W_dec[0] * 2.5  # a feature along feature 0: cosine 1
     sae.labels = {10: "twin"}
-    for feature in (0, 1, 200, 298):
+    for copy in (5, 40, 77, 111, 260):  # exact copies of row 2: equal cosines, across chunks
+        sae.W_dec[copy] = sae.W_dec[2]
+    for feature in (0, 1, 2, 200, 298):
         found = decoder_neighbours(sae, feature, top=12, chunk=chunk)
         indices, cosines = brute_force(sae.W_dec, feature, 12)
         assert [n.index for n in found] == indices
         assert [n.cosine for n in found] == cosines  # exactly
+    ties = decoder_neighbours(sae, 2, top=3, chunk=chunk)
+    assert [n.index for n in ties] == [5, 40, 77]  # equal cosines: the lower index first
     first = decoder_neighbours(sae, 0, top=1, chunk=chunk)[0]
     assert (first.index, first.label) == (10, "twin") and first.cosine == pytest.approx(1.0)
 

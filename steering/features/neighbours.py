@@ -99,7 +99,12 @@ def _top(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` largest ``values`` with their ``indices``; equal values by lower index.
 
     ``indices`` ascend among equal values (the running best come before later chunks, each in
-    order), so a stable descending sort keeps the lower index first."""
+    order). ``topk`` finds the k-th largest value but may break ties either way, so every
+    value at least as large is kept (in order) and that small set is sorted stably."""
+    if values.shape[0] > k:
+        kth = torch.topk(values, k).values[-1]
+        keep = values >= kth
+        values, indices = values[keep], indices[keep]
     order = torch.sort(values, descending=True, stable=True).indices[:k]
     return values[order], indices[order]
 

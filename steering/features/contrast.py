@@ -21,8 +21,9 @@ test, ``steering.demo.screen``) in its top 3, while d ranks weak "user turn" fea
 them. The effect size is given with every feature: a large difference with a small d is a
 feature that fires on only some of the prompts.
 
-Memory: one (prompts, d_sae) float32 tensor of per-prompt means, and per prompt one
-(``ENCODE_CHUNK``, d_sae) block of activations at a time.
+Memory: one (prompts, d_sae) float32 tensor of per-prompt means, per prompt one
+(``ENCODE_CHUNK``, d_sae) block of activations at a time, and the statistics computed for
+``STATS_BLOCK`` features at a time.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from ..textstream import special_tokens
 Ranking = Literal["difference", "effect_size"]
 RANKINGS: tuple[Ranking, ...] = ("difference", "effect_size")
 MIN_PROMPTS = 3  # in both sets together: a pooled standard deviation needs 2 degrees of freedom
+STATS_BLOCK = 16_384  # features whose statistics are computed at once (float64 copies)
 
 
 @dataclass(frozen=True)
@@ -209,14 +211,14 @@ def rank_contrast(
     the larger ``difference`` (equal ones by effect size) or ``effect_size`` (equal ones,
     infinite ones included, by difference), then the lower index. No model work."""
     labels = labels or {}
-    a, b = means_a.double(), means_b.double()
-    n_a, n_b = a.shape[0], b.shape[0]
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    squares = ((a - mean_a) ** 2).sum(0) + ((b - mean_b) ** 2).sum(0)
-    pooled = (squares / (n_a + n_b - 2)).sqrt()
-    diff = mean_a - mean_b
-    d = torch.where(pooled > 0, diff / pooled.clamp_min(1e-300), diff.sign() * math.inf)
-    d = torch.where((pooled == 0) & (diff == 0), torch.zeros_like(d), d)
+    d_sae = means_a.shape[1]
+    diff = torch.empty(d_sae, dtype=torch.float64)
+    d, mean_a, mean_b = torch.empty_like(diff), torch.empty_like(diff), torch.empty_like(diff)
+    for start in range(0, d_sae, STATS_BLOCK):  # float64 copies of one block of features
+        cols = slice(start, start + STATS_BLOCK)
+        diff[cols], d[cols], mean_a[cols], mean_b[cols] = _effect(
+            means_a[:, cols], means_b[:, cols]
+        )
     first, then = (diff, d) if by == "difference" else (d, diff)
     # best first by ``first``, then by ``then``, then by index: two stable sorts
     by_then = torch.sort(-then, stable=True).indices
@@ -232,6 +234,19 @@ def rank_contrast(
         )
         for i in order
     ]
+
+
+def _effect(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Difference, Cohen's d, mean of A and mean of B per column of ``a`` (N_a, F) and ``b``
+    (N_b, F), in float64; d is +-inf (or 0) where the pooled standard deviation is 0."""
+    a, b = a.double(), b.double()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    squares = ((a - mean_a) ** 2).sum(0) + ((b - mean_b) ** 2).sum(0)
+    pooled = (squares / (a.shape[0] + b.shape[0] - 2)).sqrt()
+    diff = mean_a - mean_b
+    d = torch.where(pooled > 0, diff / pooled.clamp_min(1e-300), diff.sign() * math.inf)
+    d = torch.where((pooled == 0) & (diff == 0), torch.zeros_like(d), d)
+    return diff, d, mean_a, mean_b
 
 
 def contrast(

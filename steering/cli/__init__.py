@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import SteeringError
 from ..plan import MODES, POSITIONS
 from .activations import add_activations_command
+from .contrast import add_contrast_commands
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
 from .serve import add_model_arguments, add_serve_command
 from .sweep import add_sweep_command
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_sae_info)
 
     add_presets_commands(sub)
+    add_contrast_commands(sub)
     add_serve_command(sub)
     add_sweep_command(sub)
     add_activations_command(sub)

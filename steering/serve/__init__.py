@@ -22,6 +22,7 @@ public ``steering`` API only.
 from ..activations import TokenActivations
 from ..chat import flatten_content
 from ..errors import Busy, ChatError, PresetError, SteeringError
+from ..features.neighbours import Neighbour, cached_neighbours
 from ..limits import Limits
 from ..presets.schema import FORMAT_VERSION, Preset, PresetEdit, dump_preset, parse_preset
 from ..sampling import SamplingParams
@@ -39,6 +40,7 @@ __all__ = [
     "FeatureContext",
     "FeatureDefaults",
     "Limits",
+    "Neighbour",
     "Preset",
     "PresetEdit",
     "PresetError",
@@ -47,6 +49,7 @@ __all__ = [
     "SteeringError",
     "TokenActivations",
     "about",
+    "cached_neighbours",
     "dump_preset",
     "feature_defaults",
     "flatten_content",

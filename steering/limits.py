@@ -83,6 +83,15 @@ class Limits:
     max_stall_seconds: float = _limit(
         120.0, "seconds without engine progress, with requests in flight, before /healthz is down"
     )
+    # Search by contrast and decoder neighbours (steering.features).
+    max_contrast_prompts: int = _limit(
+        64, "most prompts in one search by contrast (both sets together; a forward pass each)"
+    )
+    max_contrast_prompt_chars: int = _limit(
+        2_000, "most characters in one prompt of a search by contrast"
+    )
+    max_contrast_results: int = _limit(100, "most features one search by contrast may list")
+    max_neighbours: int = _limit(100, "most decoder neighbours one request may list")
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -540,7 +540,7 @@ def test_server_limits_win_over_the_file(sae):
         to_plan(preset, {"l1": sae}, 1000.0)
 
 
-def test_max_activation_comes_from_the_file_or_the_sae(sae):
+def test_max_activation_comes_from_the_file_or_the_sae(sae, tmp_path):
     from_sae = make(edits=[edit(3, "clamp", 2.0, unit="max_act")])
     (e,) = to_plan(from_sae, {"l1": sae}).edits
     assert (e.unit, e.raw_value) == ("max_act", pytest.approx(2.0 * float(sae.max_activation[3])))
@@ -549,10 +549,15 @@ def test_max_activation_comes_from_the_file_or_the_sae(sae):
     assert (e.unit, e.raw_value) == ("raw", 14.0)
     bare = copy.copy(sae)
     bare.max_activation = None
-    with pytest.raises(
-        PresetError, match="set max_activation in the preset, or put a feature_stats.safetensors"
-    ):
+    with pytest.raises(PresetError) as raised:
         to_plan(from_sae, {"l1": bare})
+    assert f"`steering sae-stats {sae.source} --model MODEL --corpus TEXT`" in str(raised.value)
+    assert "or set max_activation in the preset" in str(raised.value)
+    bare.source = str(tmp_path)  # a local SAE's path is never shown
+    with pytest.raises(PresetError) as raised:
+        to_plan(from_sae, {"l1": bare})
+    assert "`steering sae-stats SAE --model" in str(raised.value)
+    assert str(tmp_path) not in str(raised.value)
     assert to_plan(from_file, {"l1": bare}).edits[0].raw_value == 14.0
 
 

@@ -25,7 +25,7 @@ import gradio as gr
 from steering.serve import Service
 
 from . import conversation
-from .cards import card_html
+from .cards import card_html, nearest_features
 from .features import SCOPES, FeatureRow, scope_name, slider_range, top_contexts
 from .handlers import CUSTOM, NO_PRESET, Handlers
 from .lights import lights_view
@@ -79,6 +79,7 @@ CSS = """
 .feature-label { font-weight: 600; font-size: 1.05em; overflow-wrap: anywhere; }
 .feature-meta { font-size: 0.85em; opacity: 0.8; }
 .feature-contexts { margin: 4px 0 0 0; padding-left: 1.1em; font-size: 0.85em; }
+.feature-neighbours { margin: 4px 0 0 0; padding-left: 1.1em; font-size: 0.85em; }
 .feature-contexts mark { background: #fde68a; color: #111; border-radius: 3px; padding: 0 2px; }
 .feature-controls { flex-wrap: nowrap; align-items: center; gap: 6px; }
 .feature-scope { min-width: 0 !important; flex: 1 1 auto; }
@@ -272,7 +273,10 @@ def _render_sliders(
         feature_rows: list[FeatureRow] = current["rows"]
         for i, row in enumerate(feature_rows):
             with gr.Group(elem_classes=["feature-card"], elem_id=f"card-{i}"):
-                gr.HTML(card_html(row, top_contexts(service, row)), padding=False)
+                gr.HTML(
+                    card_html(row, top_contexts(service, row), nearest_features(service, row)),
+                    padding=False,
+                )
                 with gr.Row(elem_classes=["feature-controls"]):
                     on = gr.Checkbox(
                         row.on,

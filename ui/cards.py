@@ -1,23 +1,40 @@
-"""A feature's card on the page: its label, index and SAE, how it steers, and the contexts it
-fires on most. Labels and contexts come from SAE files and presets a visitor may upload, so
-every piece of text is escaped."""
+"""A feature's card on the page: its label, index and SAE, how it steers, the contexts it
+fires on most, and its nearest neighbours by decoder direction. Labels and contexts come from
+SAE files and presets a visitor may upload, so every piece of text is escaped."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
 
-from steering.serve import FeatureContext
+from steering.serve import FeatureContext, Neighbour, Service, SteeringError, cached_neighbours
 
 from .features import FeatureRow
 
 MODES = {"clamp": "clamped", "add": "added", "ablate": "ablated (set to 0)"}
 CONTEXT_CHARS = 40  # each side of the highlighted token
+SHOWN_NEIGHBOURS = 5
+NEIGHBOUR_LABEL_CHARS = 60
 
 
-def card_html(row: FeatureRow, contexts: Sequence[FeatureContext] = ()) -> str:
+def nearest_features(service: Service, row: FeatureRow) -> tuple[Neighbour, ...]:
+    """The feature's nearest features by decoder cosine (computed once per feature and kept:
+    ``cached_neighbours``); none for an SAE this server does not offer or a dead feature."""
+    try:
+        sae = service.sae_for(row.ref)
+        return tuple(cached_neighbours(sae, row.feature, SHOWN_NEIGHBOURS))
+    except SteeringError:
+        return ()
+
+
+def card_html(
+    row: FeatureRow,
+    contexts: Sequence[FeatureContext] = (),
+    neighbours: Sequence[Neighbour] = (),
+) -> str:
     """The card's head as HTML: the label, then "#index · SAE · mode, unit", then up to a
-    few top activating contexts with the token highlighted."""
+    few top activating contexts with the token highlighted, then the nearest features by
+    decoder direction (index, label, cosine)."""
     unit = "× max activation" if row.unit == "max_act" else "raw units"
     how = MODES.get(row.mode, row.mode) + ("" if row.mode == "ablate" else f", in {unit}")
     parts = [
@@ -31,6 +48,12 @@ def card_html(row: FeatureRow, contexts: Sequence[FeatureContext] = ()) -> str:
         parts.append(
             '<div class="feature-meta">Fires most on:</div>'
             f'<ul class="feature-contexts">{items}</ul>'
+        )
+    if neighbours:
+        items = "".join(f"<li>{_neighbour(n)}</li>" for n in neighbours)
+        parts.append(
+            '<div class="feature-meta">Nearest by decoder direction (cosine):</div>'
+            f'<ul class="feature-neighbours">{items}</ul>'
         )
     parts.append("</div>")
     return "".join(parts)
@@ -50,6 +73,14 @@ def _context(context: FeatureContext) -> str:
         f"{escape(left)}{before}<mark>{escape(token)}</mark>{after}{escape(right)}"
         f' <span class="feature-meta">({context.activation:.2g})</span>'
     )
+
+
+def _neighbour(n: Neighbour) -> str:
+    label = n.label or ""
+    if len(label) > NEIGHBOUR_LABEL_CHARS:
+        label = label[: NEIGHBOUR_LABEL_CHARS - 1] + "…"
+    named = f" {escape(label)}" if label else ""
+    return f'#{n.index}{named} <span class="feature-meta">({n.cosine:.2f})</span>'
 
 
 def _runs_together(first: str, second: str) -> bool:

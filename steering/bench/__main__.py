@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from . import neighbours
 from .measure import check, run, table
 from .setup import Settings
 
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = replace(s, new_tokens=args.new_tokens, users_new_tokens=args.new_tokens)
     result = run(s)
     check(result)
+    result["details"]["neighbours"] = neighbours.measure(args.quick, args.device)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
     print(f"wrote {args.out}")

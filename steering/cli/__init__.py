@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..errors import SteeringError
 from ..plan import MODES, POSITIONS
+from .activations import add_activations_command
+from .contrast import add_contrast_commands
 from .labels import add_labels_commands
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
 from .serve import add_model_arguments, add_serve_command
+from .sweep import add_sweep_command
 
 if TYPE_CHECKING:
     from ..plan import FeatureEdit
@@ -82,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_sae_info)
 
     add_presets_commands(sub)
+    add_contrast_commands(sub)
     add_serve_command(sub)
+    add_sweep_command(sub)
+    add_activations_command(sub)
     add_labels_commands(sub)
     return parser
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,21 +130,31 @@ def preset_plan(model: SteerableModel, name: str, scale: float = 1.0) -> Steerin
 
 
 def bridge_curve(model: SteerableModel, prompts: list[str]) -> list[dict[str, float]]:
-    """Bridge rate and well-formed rate of the Golden Gate preset's feature at each multiple
-    of its max activation (the preset's own value is replaced by the multiplier)."""
+    """Bridge rate, well-formed rate and fluency (nats/token under the unsteered model) of the
+    Golden Gate preset's features at each multiple of their max activation (the preset's own
+    value is replaced by the multiplier), by one ``steering sweep`` over ``CURVE_MULTIPLIERS``."""
+    from ..features.sweep import Concept, calibrate
+
     plan = preset_plan(model, "demo-golden-gate-bridge")
     unit = plan.edits[0].value
-    points = []
-    for m in CURVE_MULTIPLIERS:
-        replies = generate(model, prompts, plan.scaled(m / unit) if m else None)
-        points.append(
-            {
-                "multiplier": m,
-                "bridge": rate(replies, BRIDGE_WORDS),
-                "well_formed": well_formed_rate(replies),
-            }
-        )
-    return points
+    words = Concept.regex("|".join(map(re.escape, BRIDGE_WORDS)))  # as ``mentions`` reads them
+    sweep = calibrate(
+        model,
+        plan.scaled(1 / unit),
+        CURVE_MULTIPLIERS,
+        prompts,
+        concept=words,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    return [
+        {
+            "multiplier": p.multiplier,
+            "bridge": p.concept_rate,
+            "well_formed": p.well_formed,
+            "fluency": p.fluency,
+        }
+        for p in sweep.points
+    ]
 
 
 def style_metrics(model: SteerableModel, prompts: list[str], preset: str, style: str) -> dict:

@@ -90,10 +90,18 @@ def _feature_edit(
         raise SteeringError(
             f"{edit.label or 'feature'} ({edit.feature}) is given in multiples of max activation, "
             f"but neither the preset (max_activation) nor SAE {edit.sae!r} (no feature statistics"
-            ") knows its max activation; set max_activation in the preset, or put a "
-            "feature_stats.safetensors with max_activation next to the SAE"
+            ") knows its max activation; compute the SAE's statistics with "
+            f"`steering sae-stats {_shown_ref(sae)} --model MODEL --corpus TEXT`, or set "
+            "max_activation in the preset"
         )
     return FeatureEdit(sae, edit.feature, edit.mode, value, "max_act", **where)
+
+
+def _shown_ref(sae: SAE) -> str:
+    """The SAE's Hub reference for a message; a local path is never shown (visitors read it)."""
+    from ..formats.feature_files import is_local
+
+    return "SAE" if is_local(sae.source) else sae.source
 
 
 def _check_bound(value: float, factor: float, limit: float, unit: str) -> None:

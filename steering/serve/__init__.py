@@ -23,6 +23,7 @@ from ..activations import TokenActivations
 from ..chat import flatten_content
 from ..errors import Busy, ChatError, PresetError, SteeringError
 from ..features.labels import LabelMatch, search_labels
+from ..features.neighbours import Neighbour, cached_neighbours
 from ..limits import Limits
 from ..presets.schema import FORMAT_VERSION, Preset, PresetEdit, dump_preset, parse_preset
 from ..sampling import SamplingParams
@@ -41,6 +42,7 @@ __all__ = [
     "FeatureDefaults",
     "LabelMatch",
     "Limits",
+    "Neighbour",
     "Preset",
     "PresetEdit",
     "PresetError",
@@ -49,6 +51,7 @@ __all__ = [
     "SteeringError",
     "TokenActivations",
     "about",
+    "cached_neighbours",
     "dump_preset",
     "feature_defaults",
     "flatten_content",

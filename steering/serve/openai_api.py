@@ -77,6 +77,8 @@ ROUTES = (
     "POST /v1/chat/completions",
     "POST /v1/activations",
     "GET /v1/features/search",
+    "POST /v1/features/contrast",
+    "GET /v1/features/neighbours",
     "GET /openapi.json",  # keep last; feature routes (features_api.py) go above
 )
 DISCONNECT_POLL_S = 0.5  # how often a plain (non-streaming) request checks its client is there

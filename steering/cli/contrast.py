@@ -1,0 +1,163 @@
+"""``steering contrast`` and ``steering neighbours``: search an SAE's features by contrast
+between two prompt sets, and by decoder neighbours (``steering.features``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import SteeringError
+from .serve import add_model_arguments
+
+UNBOUNDED = 10**9  # the user's own machine: no request bounds beyond the model's context
+
+
+def add_contrast_commands(subparsers: Any) -> None:
+    """Add ``contrast`` and ``neighbours`` to the ``steering`` command line."""
+    con = subparsers.add_parser(
+        "contrast",
+        help="the SAE features that fire more on some prompts than on others (or everyday ones)",
+    )
+    con.add_argument("file", nargs="?", help="a file of prompts, one per line (set A)")
+    con.add_argument(
+        "--prompt", action="append", default=[], metavar="TEXT", help="a prompt of set A; repeat"
+    )
+    con.add_argument(
+        "--against",
+        metavar="FILE",
+        help="set B: a file of prompts, one per line (default: a built-in set of everyday prompts)",
+    )
+    con.add_argument(
+        "--against-prompt",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a prompt of set B; repeat",
+    )
+    add_model_arguments(con)
+    con.add_argument("--sae", help="SAE folder, file or Hub reference (default: the demo SAE)")
+    con.add_argument("--layer", type=int, help="the SAE's layer, for files that do not record it")
+    con.add_argument("--top", type=int, default=20, help="features to list (default 20)")
+    con.add_argument(
+        "--by",
+        choices=("difference", "effect_size"),
+        default="difference",
+        help="rank by the difference of the means (default) or by Cohen's d",
+    )
+    con.add_argument("--json", action="store_true", help="print one JSON object")
+    con.set_defaults(func=cmd_contrast)
+
+    nb = subparsers.add_parser(
+        "neighbours", help="the features whose decoder directions are closest to a feature's"
+    )
+    nb.add_argument("sae", help="SAE folder, file or Hub reference owner/repo[/folder]")
+    nb.add_argument("feature", type=int, help="the feature's index")
+    nb.add_argument("--top", type=int, default=10, help="neighbours to list (default 10)")
+    nb.add_argument("--layer", type=int, help="the layer, for files that do not record it")
+    nb.add_argument("--device", help="cpu, cuda, mps (default cpu)")
+    nb.add_argument("--json", action="store_true", help="print one JSON object")
+    nb.set_defaults(func=cmd_neighbours)
+
+
+def read_prompts(path: str) -> list[str]:
+    """The non-blank lines of ``path``, stripped; ``SteeringError`` naming an unreadable file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SteeringError(f"cannot read prompts from {path}: {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def cmd_contrast(args: argparse.Namespace) -> int:
+    """``steering contrast``: rank the SAE's features by how much more they fire on set A."""
+    from ..features.contrast import contrast, contrast_json
+    from ..formats import load_sae
+    from ..limits import Limits
+    from ..models import load_model
+
+    if not args.model:  # the shipped demo world
+        from ..demo import MODEL_DIR, SAE_DIR
+
+        args.model, args.sae = str(MODEL_DIR), args.sae or str(SAE_DIR)
+    if not args.sae:
+        raise SteeringError("contrast needs an SAE with --model: pass --sae")
+    prompts = (read_prompts(args.file) if args.file else []) + args.prompt
+    if not prompts:
+        raise SteeringError("contrast needs prompts: a FILE or --prompt TEXT")
+    against = (read_prompts(args.against) if args.against else []) + args.against_prompt
+    model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
+    sae = load_sae(args.sae, device=model.device, layer=args.layer)
+    limits = Limits(
+        max_contrast_prompts=UNBOUNDED,
+        max_contrast_prompt_chars=UNBOUNDED,
+        max_contrast_results=UNBOUNDED,
+    )
+    found = contrast(
+        model, sae, prompts, against or None, top=args.top, by=args.by, limits=limits,
+        progress=not args.json,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({
+            "sae": sae.source,
+            "by": args.by,
+            "prompts": len(prompts),
+            "against": len(against) if against else None,
+            "features": [contrast_json(f) for f in found],
+        }))  # fmt: skip
+        return 0
+    baseline = f"{len(against)} prompts" if against else "the everyday baseline"
+    print(f"{len(prompts)} prompts against {baseline}, ranked by {args.by.replace('_', ' ')}")
+    rows = [
+        (
+            str(f.index), f.label or "", f"{f.mean_a:.4g}", f"{f.mean_b:.4g}",
+            f"{f.difference:.4g}", _effect(f.effect_size),
+        )
+        for f in found
+    ]  # fmt: skip
+    print_table(("feature", "label", "mean A", "mean B", "difference", "effect size"), rows)
+    return 0
+
+
+def cmd_neighbours(args: argparse.Namespace) -> int:
+    """``steering neighbours``: the features nearest a feature by decoder cosine."""
+    from ..features.neighbours import decoder_neighbours, neighbour_json
+    from ..formats import load_sae
+
+    sae = load_sae(args.sae, layer=args.layer, device=args.device)
+    found = decoder_neighbours(sae, args.feature, top=args.top)
+    if args.json:
+        print(json.dumps({
+            "sae": sae.source,
+            "feature": args.feature,
+            "label": sae.labels.get(args.feature),
+            "neighbours": [neighbour_json(n) for n in found],
+        }))  # fmt: skip
+        return 0
+    label = sae.labels.get(args.feature)
+    print(f"feature {args.feature}" + (f" ({label})" if label else "") + ": nearest by decoder")
+    rows = [(str(n.index), n.label or "", f"{n.cosine:.4f}") for n in found]
+    print_table(("feature", "label", "cosine"), rows)
+    return 0
+
+
+LABEL_WIDTH = 48  # a longer label is cut with an ellipsis
+
+
+def print_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns aligned: the label (second column) to the left, numbers to the right."""
+    rows = [
+        tuple(c if j != 1 or len(c) <= LABEL_WIDTH else c[: LABEL_WIDTH - 1] + "…"
+              for j, c in enumerate(row))
+        for row in rows
+    ]  # fmt: skip
+    widths = [max(len(r[j]) for r in [head, *rows]) for j in range(len(head))]
+    for row in [head, *rows]:
+        cells = [c.ljust(w) if j == 1 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells).rstrip())
+
+
+def _effect(d: float) -> str:
+    return f"{d:.3g}" if math.isfinite(d) else ("inf" if d > 0 else "-inf")

@@ -114,7 +114,7 @@ def test_bad_feature_specs_are_clear_errors(files, capsys, spec, message):
 
 
 def test_sae_info(files, capsys):
-    root, _ = files
+    root, sae = files
     assert main(["sae-info", str(root / "sae"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info == {
@@ -126,9 +126,16 @@ def test_sae_info(files, capsys):
         "activation": "jumprelu",
         "normalization": "none",
         "model": None,
+        "neuronpedia_id": None,
         "max_activation": True,
         "frequency": True,
         "labels": 1,
+        "labels_from": "feature_labels.json",
+        "max_activation_from": "feature_stats.safetensors",
+        "max_activation_median": round(float(sae.max_activation.median()), 4),
+        "frequency_median": float(f"{float(sae.frequency.median()):.4g}"),
+        "dead_features": 0,
+        "contexts": 0,
     }
 
 

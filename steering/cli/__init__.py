@@ -19,6 +19,7 @@ from ..plan import MODES, POSITIONS
 from .activations import add_activations_command
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
 from .serve import add_model_arguments, add_serve_command
+from .stats import add_sae_stats_command
 from .sweep import add_sweep_command
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_command(sub)
     add_sweep_command(sub)
     add_activations_command(sub)
+    add_sae_stats_command(sub)
     return parser
 
 

@@ -1,0 +1,280 @@
+"""Per-feature statistics of an SAE over a corpus, streamed in bounded memory.
+
+``compute_feature_stats`` runs the model over the corpus's token sequences in batches, reads
+the residual stream at the SAE's hook point (the forward pass stops there: the layers after it
+never run), encodes it with the SAE's full ``encode`` in chunks of ``chunk_tokens`` tokens, and
+keeps per feature: how many tokens it fired on (activation > 0), the sum of its activations,
+and its ``top_k`` largest activations with the token ids of the window around each. Memory is
+bounded by the batch's residual stream, one chunk's (chunk_tokens, d_sae) activations and the
+(d_sae, top_k, window) kept contexts: it does not grow with the corpus.
+
+Which tokens count: every token of a sequence except the tokenizer's BOS and the padding of a
+batch (the chat template's markers and end-of-turn tokens count; the demo SAE's statistics
+were computed the same way). Activations are the SAE's raw units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..errors import SteeringError
+from ..formats import MAX_CONTEXT_CHARS
+from ..hookpoint import HookPoint
+from ..models import SteerableModel
+from ..sae import SAE, FeatureContext
+from .corpus import Corpus, sequences
+
+LEFT, RIGHT = 16, 8  # tokens kept before and after the activating token
+WINDOW = LEFT + 1 + RIGHT
+NO_TOKEN = -1  # outside the sequence, BOS or padding
+CHUNK_FLOATS = 1 << 24  # one chunk's activations at most (64 MiB of float32)
+MAX_TOP_K = 20  # what feature_contexts.json holds per feature (formats.MAX_CONTEXTS)
+
+
+@dataclass
+class FeatureStatistics:
+    """The running statistics (also what a checkpoint holds).
+
+    ``fired`` (d_sae,) int64: tokens with activation > 0; ``total`` (d_sae,) float64: the sum
+    of activations; ``top_values`` (d_sae, top_k) float32: the largest activations, best first
+    (0: no entry); ``top_windows`` (d_sae, top_k, WINDOW) int32: the token ids around each, the
+    activating token at index ``LEFT`` (``NO_TOKEN`` outside the sequence). ``sequences``:
+    sequences of the corpus done; ``tokens``: tokens counted; ``finished``: the corpus ended.
+    """
+
+    fired: Tensor
+    total: Tensor
+    top_values: Tensor
+    top_windows: Tensor
+    sequences: int = 0
+    tokens: int = 0
+    finished: bool = False
+
+    @classmethod
+    def empty(cls, d_sae: int, top_k: int, device: torch.device | str = "cpu") -> FeatureStatistics:
+        return cls(
+            fired=torch.zeros(d_sae, dtype=torch.long, device=device),
+            total=torch.zeros(d_sae, dtype=torch.float64, device=device),
+            top_values=torch.zeros(d_sae, top_k, device=device),
+            top_windows=torch.full(
+                (d_sae, top_k, WINDOW), NO_TOKEN, dtype=torch.int32, device=device
+            ),
+        )
+
+    @property
+    def max_activation(self) -> Tensor:
+        """(d_sae,) float32, 0 for a feature that never fired."""
+        return self.top_values[:, 0].float().cpu()
+
+    @property
+    def frequency(self) -> Tensor:
+        """(d_sae,) the fraction of counted tokens a feature fired on."""
+        return (self.fired.double() / max(self.tokens, 1)).float().cpu()
+
+    @property
+    def mean_activation(self) -> Tensor:
+        """(d_sae,) the mean activation over the tokens a feature fired on (0: never fired)."""
+        return (self.total / self.fired.clamp(min=1)).float().cpu()
+
+    def to(self, device: torch.device | str) -> FeatureStatistics:
+        tensors = ("fired", "total", "top_values", "top_windows")
+        moved = {n: getattr(self, n).to(device) for n in tensors}
+        return FeatureStatistics(**moved, sequences=self.sequences, tokens=self.tokens,
+                                 finished=self.finished)  # fmt: skip
+
+    def update(self, acts: Tensor, windows: Tensor) -> None:
+        """Add one chunk: ``acts`` (n, d_sae) float32 and each row's window (n, WINDOW)."""
+        self.fired += (acts > 0).sum(0)
+        self.total += acts.sum(0, dtype=torch.float64)
+        k = min(self.top_values.shape[1], acts.shape[0])
+        top = acts.topk(k, dim=0)  # (k, d_sae): only these can enter a feature's top k
+        values, rows = top.values.T, top.indices.T  # (d_sae, k)
+        better = (values[:, 0] > self.top_values[:, -1]).nonzero().squeeze(1)
+        if len(better) == 0:
+            return
+        merged = torch.cat([self.top_values[better], values[better]], dim=1)
+        candidates = torch.cat([self.top_windows[better], windows[rows[better]]], dim=1)
+        best = merged.topk(self.top_values.shape[1], dim=1)
+        self.top_values[better] = best.values
+        pick = best.indices[..., None].expand(-1, -1, WINDOW)
+        self.top_windows[better] = candidates.gather(1, pick)
+
+
+class _Captured(Exception):
+    """Raised by the reading hook once it has the residual stream: later layers never run."""
+
+
+def residual_batch(model: SteerableModel, ids: Tensor, mask: Tensor, hook: HookPoint) -> Tensor:
+    """(B, T, d_in) the unsteered residual stream at ``hook`` for a right-padded batch ``ids``
+    (B, T) with ``mask`` (B, T), in the model's dtype; the layers after the hook never run."""
+    layer = model.layers[hook.layer]
+    seen: list[Tensor] = []
+
+    def post(_module: Any, _args: Any, output: Any) -> None:
+        seen.append(output[0] if isinstance(output, tuple) else output)
+        raise _Captured
+
+    def pre(_module: Any, args: tuple, kwargs: dict) -> None:
+        seen.append(args[0] if args else kwargs["hidden_states"])
+        raise _Captured
+
+    if hook.site == "resid_post":
+        handle = layer.register_forward_hook(post)
+    else:
+        handle = layer.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"the forward pass never reached {hook}")
+    return seen[0].reshape(*ids.shape, -1)
+
+
+def batches(
+    seqs: Iterator[list[int]],
+    batch_size: int,
+    max_tokens: int | None,
+    done_tokens: int,
+    bos: Any,
+    cut: list[bool],
+) -> Iterator[list[list[int]]]:
+    """``seqs`` in batches of ``batch_size``, stopping before the first sequence that would
+    take the counted tokens past ``max_tokens`` (then ``cut`` becomes ``[True]``)."""
+    batch: list[list[int]] = []
+    counted = done_tokens
+    for seq in seqs:
+        n = sum(1 for t in seq if t != bos)
+        if max_tokens is not None and counted + n > max_tokens:
+            cut.append(True)
+            break
+        counted += n
+        batch.append(seq)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def default_chunk(d_sae: int) -> int:
+    """Tokens encoded at once: (chunk, d_sae) float32 activations stay within 64 MiB."""
+    return max(1, min(4096, CHUNK_FLOATS // d_sae))
+
+
+@torch.inference_mode()
+def compute_feature_stats(
+    model: SteerableModel,
+    sae: SAE,
+    corpus: Corpus,
+    *,
+    context_size: int,
+    batch_size: int = 8,
+    top_k: int = MAX_TOP_K,
+    max_tokens: int | None = None,
+    chunk_tokens: int | None = None,
+    start: FeatureStatistics | None = None,
+    progress: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> FeatureStatistics:
+    """Statistics of ``sae``'s features over ``corpus`` (see the module docstring).
+
+    Continues ``start`` (a checkpoint's statistics: its sequences are skipped) when given.
+    Stops at the corpus's end (``finished``), before the sequence that would pass
+    ``max_tokens`` counted tokens, or after the batch during which ``should_stop()`` became
+    true. Raises ``SteeringError`` when the SAE does not fit the model or a size is out of range.
+    """
+    problems = model.fit_problems(sae.hook.layer, sae.d_in)
+    if problems:
+        reasons = "; ".join(f"{f}={v}, {why}" for f, v, why in problems)
+        raise SteeringError(f"{sae.name} does not fit the model: {reasons}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise SteeringError(f"top-k {top_k} must be in 1..{MAX_TOP_K}")
+    if batch_size < 1:
+        raise SteeringError(f"batch size {batch_size} must be 1 or more")
+    device = model.layers[sae.hook.layer].parameters().__next__().device
+    sae = sae.to(device=device)
+    stats = (start or FeatureStatistics.empty(sae.d_sae, top_k)).to(device)
+    if stats.top_values.shape != (sae.d_sae, top_k):
+        raise SteeringError(
+            f"the checkpoint holds {tuple(stats.top_values.shape)} top activations, "
+            f"expected (d_sae={sae.d_sae}, top_k={top_k})"
+        )
+    chunk = chunk_tokens or default_chunk(sae.d_sae)
+    tok = model.tokenizer
+    bos = getattr(tok, "bos_token_id", None)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    seqs = sequences(corpus, tok, context_size, skip=stats.sequences)
+    bar = tqdm(total=max_tokens, initial=stats.tokens, unit="tok", unit_scale=True,
+               disable=not progress, desc="sae-stats", dynamic_ncols=True)  # fmt: skip
+    finished, cut = True, list[bool]()
+    try:
+        for batch in batches(seqs, batch_size, max_tokens, stats.tokens, bos, cut):
+            width = max(map(len, batch))
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, seq in enumerate(batch):
+                ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[i, : len(seq)] = 1
+            keep = mask.bool() & (ids != bos) if bos is not None else mask.bool()
+            resid = residual_batch(model, ids.to(model.device), mask.to(model.device), sae.hook)
+            marked = torch.where(keep, ids, NO_TOKEN).to(torch.int32)
+            padded = torch.nn.functional.pad(marked, (LEFT, RIGHT), value=NO_TOKEN)
+            windows = padded.unfold(1, WINDOW, 1)[keep].to(device)  # (n, WINDOW)
+            x = resid[keep.to(resid.device)]  # (n, d_in)
+            for begin in range(0, len(x), chunk):
+                acts = sae.encode(x[begin : begin + chunk]).float()
+                stats.update(acts, windows[begin : begin + chunk])
+            n = int(keep.sum())
+            stats.tokens += n
+            stats.sequences += len(batch)
+            bar.update(n)
+            if should_stop():
+                finished = False
+                break
+        else:
+            finished = not cut  # else the corpus ended
+    finally:
+        bar.close()
+    stats.finished = finished
+    return stats.to("cpu")
+
+
+def contexts(
+    stats: FeatureStatistics, tokenizer: Any, top_k: int | None = None
+) -> dict[int, tuple[FeatureContext, ...]]:
+    """Each feature's top activating contexts, best first (features that fired only): the text
+    of the window before the token, the token, the text after it, and the activation."""
+    found: dict[int, tuple[FeatureContext, ...]] = {}
+    values, windows = stats.top_values.tolist(), stats.top_windows.tolist()
+    for feature, (row, wins) in enumerate(zip(values, windows)):
+        items = [
+            _context(tokenizer, value, window)
+            for value, window in list(zip(row, wins))[:top_k]
+            if value > 0
+        ]
+        if items:
+            found[feature] = tuple(items)
+    return found
+
+
+def _context(tokenizer: Any, value: float, window: list[int]) -> FeatureContext:
+    def text(ids: list[int]) -> str:
+        return str(tokenizer.decode([t for t in ids if t != NO_TOKEN]))
+
+    left, right = text(window[:LEFT]), text(window[LEFT + 1 :])
+    return FeatureContext(
+        left=left[-MAX_CONTEXT_CHARS:],
+        token=text(window[LEFT : LEFT + 1])[:MAX_CONTEXT_CHARS],
+        right=right[:MAX_CONTEXT_CHARS],
+        activation=float(value),
+    )

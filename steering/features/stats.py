@@ -15,6 +15,7 @@ were computed the same way). Activations are the SAE's raw units.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,9 @@ class FeatureStatistics:
         best = merged.topk(self.top_values.shape[1], dim=1)
         self.top_values[better] = best.values
         pick = best.indices[..., None].expand(-1, -1, WINDOW)
-        self.top_windows[better] = candidates.gather(1, pick)
+        kept = candidates.gather(1, pick)
+        kept[best.values <= 0] = NO_TOKEN  # an activation of 0 is no context
+        self.top_windows[better] = kept
 
 
 class _Captured(Exception):
@@ -148,21 +151,19 @@ def batches(
     bos: Any,
     cut: list[bool],
 ) -> Iterator[list[list[int]]]:
-    """``seqs`` in batches of ``batch_size``, stopping before the first sequence that would
-    take the counted tokens past ``max_tokens`` (then ``cut`` becomes ``[True]``)."""
-    batch: list[list[int]] = []
+    """``seqs`` in batches of ``batch_size``, stopping before the first batch that would take
+    the counted tokens past ``max_tokens`` (then ``cut`` becomes ``[True]``). Every batch but
+    the corpus's last is full, so a resumed run sees the batches of a run that never stopped."""
     counted = done_tokens
-    for seq in seqs:
-        n = sum(1 for t in seq if t != bos)
+    while True:
+        batch = list(itertools.islice(seqs, batch_size))
+        if not batch:
+            return
+        n = sum(1 for seq in batch for t in seq if t != bos)
         if max_tokens is not None and counted + n > max_tokens:
             cut.append(True)
-            break
+            return
         counted += n
-        batch.append(seq)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
         yield batch
 
 
@@ -189,9 +190,11 @@ def compute_feature_stats(
     """Statistics of ``sae``'s features over ``corpus`` (see the module docstring).
 
     Continues ``start`` (a checkpoint's statistics: its sequences are skipped) when given.
-    Stops at the corpus's end (``finished``), before the sequence that would pass
+    Stops at the corpus's end (``finished``), before the batch that would pass
     ``max_tokens`` counted tokens, or after the batch during which ``should_stop()`` became
-    true. Raises ``SteeringError`` when the SAE does not fit the model or a size is out of range.
+    true. A run continued from ``start`` with the same settings (``batch_size`` included)
+    ends with exactly the statistics of a run that never stopped. Raises ``SteeringError``
+    when the SAE does not fit the model or a size is out of range.
     """
     problems = model.fit_problems(sae.hook.layer, sae.d_in)
     if problems:

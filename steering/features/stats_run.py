@@ -92,6 +92,7 @@ def run_sae_stats(
         "hook": str(sae.hook),
         "context_size": context_size,
         "top_k": top_k,
+        "batch_size": batch_size,
     }
     out = Path(out)
     start = load_checkpoint(out, settings) if resume else None
@@ -120,8 +121,8 @@ def run_sae_stats(
     seconds = time.perf_counter() - began
     if stats.tokens == 0:
         raise SteeringError(
-            "no token was counted: the corpus is empty, or its first sequence is longer than "
-            f"--max-tokens {max_tokens}"
+            "no token was counted: the corpus is empty, or its first batch holds more than "
+            f"--max-tokens {max_tokens} tokens (lower --batch-size)"
         )
     out.mkdir(parents=True, exist_ok=True)
     if stats.finished:

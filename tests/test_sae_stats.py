@@ -5,6 +5,7 @@ are reproduced, and ``load_sae`` reads what was written."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import signal
@@ -284,3 +285,28 @@ def test_bad_settings_are_refused(tmp_path):
         run_sae_stats(model, random_sae(64, 8, 1), empty, tmp_path / "e", context_size=8)
     assert main(["sae-stats", "--max-tokens", "0"]) == 1
     assert stats_mod.default_chunk(1 << 30) == 1 and stats_mod.default_chunk(16) == 4096
+
+
+def test_the_bench_times_the_same_tokens_and_reports_peak_memory():
+    from transformers import AutoTokenizer
+
+    from steering.bench import stats as bench_stats
+    from steering.bench.setup import Settings
+    from steering.demo import MODEL_DIR
+
+    model = steerable("llama")
+    sae = random_sae(64, 96, 1, seed=6)
+    corpus = bench_stats.bench_corpus(3)
+    found = bench_stats.measure_speed(model, sae, corpus, 40, repeats=1, label="tiny")
+    assert found["tokens"] == 3 * bench_stats.CONTEXT  # no BOS: every word is a counted token
+    assert set(found["tokens_per_s"]) == {"forward", "forward_encode", "sae_stats"}
+    assert all(v > 0 for v in found["tokens_per_s"].values())
+    assert found["sae_stats_vs_forward_encode"] > 0 and found["layers"] == 4
+    memory = bench_stats.peak_memory_child("demo", 5, Settings())
+    dialogues = list(itertools.islice(demo_corpus().documents(), 5))
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    lengths = [len(tok(d.text, add_special_tokens=False)["input_ids"]) - 1 for d in dialogues]
+    assert memory["tokens"] == sum(lengths)  # the BOS of each chat left out
+    assert memory["rss_peak_mib"] > 0
+    printed = bench_stats.table({"tiny": {**found, "memory": [memory]}})
+    assert f"{memory['tokens']} tokens" in printed and "forward + SAE encode" in printed

@@ -310,3 +310,48 @@ def test_the_bench_times_the_same_tokens_and_reports_peak_memory():
     assert memory["rss_peak_mib"] > 0
     printed = bench_stats.table({"tiny": {**found, "memory": [memory]}})
     assert f"{memory['tokens']} tokens" in printed and "forward + SAE encode" in printed
+
+
+def test_after_sae_stats_the_shipped_gemma_presets_run_in_max_act(tmp_path, monkeypatch, capsys):
+    """The Gemma Scope presets clamp in multiples of max activation, which Gemma Scope does not
+    ship: refused before ``sae-stats``, planned at value x the computed max activation after
+    (the presets of the layer-10 SAE; those of layer 20 differ only in the reference)."""
+    import huggingface_hub.constants
+    from hub_cache import gemma_scope_sae, snapshot, tiny_gemma2_it
+
+    from steering.errors import PresetError
+    from steering.presets.library import read_preset_file
+    from steering.presets.saes import SAEResolver
+    from steering.presets.to_plan import to_plan
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    tiny_gemma2_it(cache, layers=11)
+    model_dir = snapshot(cache, "google/gemma-2-2b-it")
+    root = Path(__file__).resolve().parents[1] / "presets"
+    presets = [read_preset_file(p) for p in sorted(root.glob("gemma-2-2b-it-*.json"))]
+    presets = [p for p in presets if "layer_10/" in p.saes[0].ref]  # one SAE keeps it quick
+    assert len(presets) == 3
+    firing: dict[str, set[int]] = {}
+    for preset in presets:
+        (declared,) = preset.saes
+        firing.setdefault(declared.ref, set()).update(e.feature for e in preset.edits)
+    for ref, features in firing.items():
+        layer, l0 = (int(part.split("_")[-1]) for part in ref.split("/")[2::2])
+        assert gemma_scope_sae(cache, layer, l0, tuple(sorted(features))) == ref
+    with pytest.raises(PresetError, match="steering sae-stats google/gemma-scope-2b-pt-res"):
+        to_plan(presets[0], SAEResolver().resolve(presets[0]))
+    corpus = tmp_path / "c.jsonl"
+    chats = [[{"role": "user", "content": f"tell me about {w}"}] for w in WORDS[:6]]
+    corpus.write_text("\n".join(json.dumps({"messages": c}) for c in chats) + "\n")
+    for ref in firing:
+        argv = ["sae-stats", ref, "--model", str(model_dir), "--corpus", str(corpus), "--quiet"]
+        argv += ["--top-k", "3"]
+        assert main(argv) == 0
+        assert str(user_folder(ref) / FEATURE_STATS_FILE) in capsys.readouterr().out
+    resolver = SAEResolver()
+    for preset in presets:
+        (edit,) = to_plan(preset, resolver.resolve(preset)).edits
+        written = _files(user_folder(preset.saes[0].ref))[0]["max_activation"][edit.feature]
+        assert written > 0 and edit.unit == "max_act"
+        assert edit.raw_value == pytest.approx(preset.edits[0].value * float(written))

@@ -42,7 +42,9 @@ def add_sae_stats_command(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--max-tokens", type=int, help="stop after at most this many tokens")
-    p.add_argument("--top-k", type=int, default=20, help="top contexts kept per feature (1..20)")
+    p.add_argument(
+        "--top-k", type=int, default=10, help="top contexts kept per feature (1..20, default 10)"
+    )
     p.add_argument("--out", type=Path, help="output folder (default: the SAE's feature files)")
     p.add_argument("--layer", type=int, help="the SAE's layer, for files that do not record it")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

@@ -38,7 +38,7 @@ from ..formats.writer import save_feature_contexts, save_feature_stats
 from ..models import SteerableModel
 from ..sae import SAE
 from .corpus import Corpus
-from .stats import MAX_TOP_K, FeatureStatistics, compute_feature_stats, contexts
+from .stats import DEFAULT_TOP_K, FeatureStatistics, compute_feature_stats, contexts
 
 CHECKPOINT_TENSORS = "feature_stats.checkpoint.safetensors"
 CHECKPOINT_INFO = "feature_stats.checkpoint.json"
@@ -74,7 +74,7 @@ def run_sae_stats(
     *,
     context_size: int,
     batch_size: int = 8,
-    top_k: int = MAX_TOP_K,
+    top_k: int = DEFAULT_TOP_K,
     max_tokens: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -137,7 +137,7 @@ def run_sae_stats(
         save_feature_stats(
             out, stats.max_activation, stats.frequency, stats.mean_activation, metadata
         ),
-        save_feature_contexts(out, contexts(stats, model.tokenizer)),
+        save_feature_contexts(out, contexts(stats, model.tokenizer), indent=None),
     )
     return StatsRun(stats, files, stats.finished, seconds, stats.tokens - tokens_before)
 

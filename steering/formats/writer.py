@@ -81,13 +81,15 @@ def save_feature_stats(
 
 
 def save_feature_contexts(
-    folder: str | Path, contexts: dict[int, tuple[FeatureContext, ...]]
+    folder: str | Path, contexts: dict[int, tuple[FeatureContext, ...]], indent: int | None = 1
 ) -> Path:
     """Write ``feature_contexts.json`` to ``folder`` (the layout ``load_sae`` reads:
-    ``{"index": [{left, token, right, activation}, ...]}``, best first). Returns its path."""
+    ``{"index": [{left, token, right, activation}, ...]}``, best first; ``indent`` None writes
+    it compact, for large SAEs). Returns its path."""
     path = Path(folder) / FEATURE_CONTEXTS_FILE
     table = {str(i): [dataclasses.asdict(c) for c in cs] for i, cs in sorted(contexts.items())}
-    path.write_text(json.dumps(table, indent=1) + "\n")
+    separators = (",", ":") if indent is None else None
+    path.write_text(json.dumps(table, indent=indent, separators=separators) + "\n")
     return path
 
 

@@ -58,7 +58,7 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     """Load, run (``features.stats_run.run_sae_stats``), print where the files went."""
     from ..errors import SteeringError
     from ..features.corpus import DEMO, open_corpus
-    from ..features.stats_run import run_sae_stats
+    from ..features.stats_run import check_output, run_sae_stats
     from ..formats import load_sae
     from ..formats.feature_files import feature_files_folder, user_folder
     from ..hub import resolve_sae_path
@@ -79,10 +79,11 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise SteeringError(f"--{flag.replace('_', '-')} {value} must be 1 or more")
     corpus = open_corpus(args.corpus, text_field=args.text_field, split=args.dataset_split)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
     sae = load_sae(args.sae, layer=args.layer)
     path = resolve_sae_path(args.sae)
     out = args.out or _default_out(args.sae, path, feature_files_folder, user_folder)
+    check_output(out, resume=args.resume, overwrite=args.overwrite)  # before the model loads
+    model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
     context = args.context_size or recorded_context_size(path) or DEFAULT_CONTEXT
     if model.context_length is not None:
         context = min(context, model.context_length)

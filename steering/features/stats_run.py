@@ -95,15 +95,8 @@ def run_sae_stats(
         "batch_size": batch_size,
     }
     out = Path(out)
+    check_output(out, resume=resume, overwrite=overwrite)
     start = load_checkpoint(out, settings) if resume else None
-    if start is None:
-        existing = [out / n for n in (FEATURE_STATS_FILE, FEATURE_CONTEXTS_FILE, CHECKPOINT_INFO)]
-        existing = [p for p in existing if p.exists()]
-        if existing and not overwrite:
-            raise SteeringError(
-                f"{existing[0]} exists: pass --overwrite to replace the statistics there, "
-                "--resume to continue a stopped run, or --out for another folder"
-            )
     began, tokens_before = time.perf_counter(), start.tokens if start else 0
     with stop_on_interrupt() as stopped:
         stats = compute_feature_stats(
@@ -140,6 +133,23 @@ def run_sae_stats(
         save_feature_contexts(out, contexts(stats, model.tokenizer), indent=None),
     )
     return StatsRun(stats, files, stats.finished, seconds, stats.tokens - tokens_before)
+
+
+def check_output(out: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Raise ``SteeringError`` when ``out`` holds statistics that a run would replace without
+    ``overwrite``, or ``resume`` finds no checkpoint there (cheap: run it before the model
+    loads)."""
+    if resume:
+        if not (out / CHECKPOINT_INFO).is_file() or not (out / CHECKPOINT_TENSORS).is_file():
+            raise SteeringError(f"--resume: no checkpoint in {out} ({CHECKPOINT_INFO})")
+        return
+    existing = [out / n for n in (FEATURE_STATS_FILE, FEATURE_CONTEXTS_FILE, CHECKPOINT_INFO)]
+    existing = [p for p in existing if p.exists()]
+    if existing and not overwrite:
+        raise SteeringError(
+            f"{existing[0]} exists: pass --overwrite to replace the statistics there, "
+            "--resume to continue a stopped run, or --out for another folder"
+        )
 
 
 def save_checkpoint(stats: FeatureStatistics, folder: Path, settings: dict[str, Any]) -> None:

@@ -41,7 +41,9 @@ def add_sae_stats_command(subparsers: Any) -> None:
         "model's context)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
-    p.add_argument("--max-tokens", type=int, help="stop after at most this many tokens")
+    p.add_argument(
+        "--max-tokens", type=int, help="stop after at most this many tokens (whole batches)"
+    )
     p.add_argument(
         "--top-k", type=int, default=10, help="top contexts kept per feature (1..20, default 10)"
     )

@@ -148,7 +148,7 @@ def test_the_demo_corpus_is_the_demo_sae_training_text():
     from steering.demo.train_sae import SAE_DIALOGUES
 
     corpus = demo_corpus()
-    first = next(corpus.documents())
-    assert first.text == dialogue_text(make_corpus(SAE_DIALOGUES, SEED + 100)[0].turns)
-    assert first.text.startswith("<bos>") and corpus.add_special_tokens is False
-    assert sum(1 for _ in corpus.documents()) == SAE_DIALOGUES
+    chats = make_corpus(SAE_DIALOGUES, SEED + 100)
+    assert [d.text for d in corpus.documents()] == [dialogue_text(c.turns) for c in chats]
+    assert chats[0].turns and next(corpus.documents()).text.startswith("<bos>")
+    assert corpus.add_special_tokens is False

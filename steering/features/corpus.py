@@ -138,14 +138,17 @@ def _paragraphs(path: Path) -> Iterator[Document]:
 
 def demo_corpus() -> Corpus:
     """The chats of the demo SAE's statistics (see the module docstring)."""
+    import random
+
     from ..demo import SEED
-    from ..demo.corpus import make_corpus
+    from ..demo.corpus import make_dialogue, normalise
     from ..demo.tokenizer import dialogue_text
     from ..demo.train_sae import SAE_DIALOGUES
 
-    def documents() -> Iterator[Document]:
-        for d in make_corpus(SAE_DIALOGUES, SEED + 100):
-            yield Document(text=dialogue_text(d.turns))
+    def documents() -> Iterator[Document]:  # make_corpus's chats, one at a time
+        rng = random.Random(SEED + 100)
+        for _ in range(SAE_DIALOGUES):
+            yield Document(text=dialogue_text(normalise(make_dialogue(rng)).turns))
 
     return Corpus(f"demo ({SAE_DIALOGUES} chats, seed {SEED + 100})", documents, False)
 

@@ -205,7 +205,7 @@ def compute_feature_stats(
         raise SteeringError(f"top-k {top_k} must be in 1..{MAX_TOP_K}")
     if batch_size < 1:
         raise SteeringError(f"batch size {batch_size} must be 1 or more")
-    device = model.layers[sae.hook.layer].parameters().__next__().device
+    device = next(model.layers[sae.hook.layer].parameters()).device
     sae = sae.to(device=device)
     stats = (start or FeatureStatistics.empty(sae.d_sae, top_k)).to(device)
     if stats.top_values.shape != (sae.d_sae, top_k):

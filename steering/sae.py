@@ -64,6 +64,7 @@ class SAE:
     # optional per-feature statistics, when the files carry them
     max_activation: Tensor | None = None  # (d_sae,)
     frequency: Tensor | None = None  # (d_sae,) firing frequency in [0, 1]
+    mean_activation: Tensor | None = None  # (d_sae,) mean when active (0: never fired)
     labels: dict[int, str] = field(default_factory=dict)
     contexts: dict[int, tuple[FeatureContext, ...]] = field(default_factory=dict)  # best first
     format: str = "unknown"
@@ -85,6 +86,7 @@ class SAE:
             "b_mag": (self.b_mag, (d_sae,)),
             "max_activation": (self.max_activation, (d_sae,)),
             "frequency": (self.frequency, (d_sae,)),
+            "mean_activation": (self.mean_activation, (d_sae,)),
         }
         for name, (tensor, shape) in expected.items():
             if tensor is not None and tuple(tensor.shape) != shape:
@@ -130,6 +132,7 @@ class SAE:
             **{n: move(getattr(self, n)) for n in _WEIGHTS},
             max_activation=move(self.max_activation, cast=False),
             frequency=move(self.frequency, cast=False),
+            mean_activation=move(self.mean_activation, cast=False),
         )
 
     # ---- the format's full definition (analysis, tests, benchmarks) ----
@@ -188,6 +191,7 @@ class SAE:
             **{n: pick(getattr(self, n)) for n in ("threshold", "b_gate", "r_mag", "b_mag")},
             max_activation=pick(self.max_activation),
             frequency=pick(self.frequency),
+            mean_activation=pick(self.mean_activation),
             labels={},
             activation="relu" if self.activation == "topk" else self.activation,
             k=None,

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from . import neighbours
+from . import stats as sae_stats
 from .measure import check, run, table
 from .setup import Settings
 
@@ -30,6 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a ~15 s smoke run")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--no-sae-stats", action="store_true", help="skip the sae-stats figures")
     return p.parse_args(argv)
 
 
@@ -46,8 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(s)
     check(result)
     result["details"]["neighbours"] = neighbours.measure(args.quick, args.device)
+    if not (args.quick or args.no_sae_stats):  # the sae-stats figures: bench/stats.py
+        result["details"]["sae_stats"] = sae_stats.run(s)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
+    if "sae_stats" in result["details"]:
+        print(sae_stats.table(result["details"]["sae_stats"]))
     print(f"wrote {args.out}")
     return 0
 

@@ -21,6 +21,7 @@ from .contrast import add_contrast_commands
 from .labels import add_labels_commands
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
 from .serve import add_model_arguments, add_serve_command
+from .stats import add_sae_stats_command
 from .sweep import add_sweep_command
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_command(sub)
     add_activations_command(sub)
     add_labels_commands(sub)
+    add_sae_stats_command(sub)
     return parser
 
 

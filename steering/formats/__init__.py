@@ -30,7 +30,8 @@ from . import dictionary_learning, gemma_scope, goodfire, llama_scope, saelens, 
 from .common import LoadRequest, parse_dtype, read_json, read_safetensors, require
 from .feature_files import user_folder
 
-FEATURE_STATS_FILE = "feature_stats.safetensors"  # max_activation [d_sae], frequency [d_sae]
+# max_activation [d_sae]; optional frequency [d_sae], mean_activation [d_sae] (mean when active)
+FEATURE_STATS_FILE = "feature_stats.safetensors"
 FEATURE_LABELS_FILE = "feature_labels.json"  # {"index": "label", ...}
 # {"index": [{"left": str, "token": str, "right": str, "activation": float}, ...], ...}
 FEATURE_CONTEXTS_FILE = "feature_contexts.json"
@@ -134,8 +135,9 @@ def with_sidecars(sae: SAE, folder: Path) -> SAE:
     if stats_file.is_file():
         stats = read_safetensors(stats_file)
         changes["max_activation"] = require(stats, "max_activation", stats_file)
-        if "frequency" in stats:
-            changes["frequency"] = require(stats, "frequency", stats_file)
+        for optional in ("frequency", "mean_activation"):
+            if optional in stats:
+                changes[optional] = require(stats, optional, stats_file)
     if labels_file.is_file():
         changes["labels"] = _read_labels(labels_file, sae.d_sae)
     if contexts_file.is_file():

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..sae import SAE
+from ..sae import SAE, FeatureContext
 from . import FEATURE_CONTEXTS_FILE, FEATURE_LABELS_FILE, FEATURE_STATS_FILE, saelens
 
 ARCHITECTURES = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk", "gated": "gated"}
@@ -53,20 +53,44 @@ def save_sae(sae: SAE, folder: str | Path) -> Path:
     if sae.frequency is not None:
         log10 = torch.log10(sae.frequency.float() + 1e-10)  # SAELens stores log10 firing rates
         save_file({"sparsity": log10.contiguous()}, folder / saelens.SPARSITY_FILE)
-    stats = {"max_activation": sae.max_activation, "frequency": sae.frequency}
-    stats = {k: v for k, v in stats.items() if v is not None}
-    if stats:
-        save_file(_plain(stats), folder / FEATURE_STATS_FILE)
+    if sae.max_activation is not None:
+        save_feature_stats(folder, sae.max_activation, sae.frequency, sae.mean_activation)
     if sae.labels:
         labels = {str(i): label for i, label in sorted(sae.labels.items())}
         (folder / FEATURE_LABELS_FILE).write_text(json.dumps(labels, indent=1) + "\n")
     if sae.contexts:
-        contexts = {
-            str(i): [dataclasses.asdict(c) for c in items]
-            for i, items in sorted(sae.contexts.items())
-        }
-        (folder / FEATURE_CONTEXTS_FILE).write_text(json.dumps(contexts, indent=1) + "\n")
+        save_feature_contexts(folder, sae.contexts)
     return folder
+
+
+def save_feature_stats(
+    folder: str | Path,
+    max_activation: torch.Tensor,
+    frequency: torch.Tensor | None = None,
+    mean_activation: torch.Tensor | None = None,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``feature_stats.safetensors`` to ``folder``: ``max_activation`` and the optional
+    ``frequency`` and ``mean_activation`` (each (d_sae,), float32), with ``metadata`` (strings)
+    in the safetensors header. Returns the file's path."""
+    path = Path(folder) / FEATURE_STATS_FILE
+    stats = {"max_activation": max_activation, "frequency": frequency}
+    stats["mean_activation"] = mean_activation
+    save_file(_plain({k: v for k, v in stats.items() if v is not None}), path, metadata=metadata)
+    return path
+
+
+def save_feature_contexts(
+    folder: str | Path, contexts: dict[int, tuple[FeatureContext, ...]], indent: int | None = 1
+) -> Path:
+    """Write ``feature_contexts.json`` to ``folder`` (the layout ``load_sae`` reads:
+    ``{"index": [{left, token, right, activation}, ...]}``, best first; ``indent`` None writes
+    it compact, for large SAEs). Returns its path."""
+    path = Path(folder) / FEATURE_CONTEXTS_FILE
+    table = {str(i): [dataclasses.asdict(c) for c in cs] for i, cs in sorted(contexts.items())}
+    separators = (",", ":") if indent is None else None
+    path.write_text(json.dumps(table, indent=indent, separators=separators) + "\n")
+    return path
 
 
 def _plain(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

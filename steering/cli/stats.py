@@ -1,0 +1,150 @@
+"""``steering sae-stats``: an SAE's feature statistics and top contexts over a text corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .serve import add_model_arguments
+
+DEFAULT_CONTEXT = 1024  # tokens per sequence when neither the SAE nor the flag says
+DEMO_SAE = "demo-sae"
+
+
+def add_sae_stats_command(subparsers: Any) -> None:
+    """Add ``sae-stats`` to the ``steering`` command line."""
+    p = subparsers.add_parser(
+        "sae-stats",
+        help="compute an SAE's feature statistics (max activation, firing frequency, mean when "
+        "active, top contexts) over a text corpus",
+        description="Run a model over a corpus and write feature_stats.safetensors and "
+        "feature_contexts.json next to the SAE (a Hub or shipped SAE: the user's folder under "
+        "$STEERING_HOME), or to --out. Ctrl-C stops after the current batch and saves a "
+        "checkpoint; --resume continues it. With no --model: the demo model, SAE and corpus.",
+    )
+    p.add_argument("sae", nargs="?", help="SAE folder, file or Hub reference (default: demo-sae)")
+    add_model_arguments(p)
+    p.add_argument(
+        "--corpus",
+        help="a .txt file (one document per paragraph), a .jsonl file, a folder of them, a "
+        "Hugging Face dataset id, or 'demo' (default with the demo model)",
+    )
+    p.add_argument("--dataset-split", default="train", help="dataset split (default train)")
+    p.add_argument("--text-field", default="text", help="JSONL/dataset text field (default text)")
+    p.add_argument(
+        "--context-size",
+        type=int,
+        help="tokens per sequence (default: the SAE's context_size, else 1024; at most the "
+        "model's context)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument(
+        "--max-tokens", type=int, help="stop after at most this many tokens (whole batches)"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=10, help="top contexts kept per feature (1..20, default 10)"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: the SAE's feature files)")
+    p.add_argument("--layer", type=int, help="the SAE's layer, for files that do not record it")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace statistics already there")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_sae_stats)
+
+
+def cmd_sae_stats(args: argparse.Namespace) -> int:
+    """Load, run (``features.stats_run.run_sae_stats``), print where the files went."""
+    from ..errors import SteeringError
+    from ..features.corpus import DEMO, open_corpus
+    from ..features.stats_run import check_output, run_sae_stats
+    from ..formats import load_sae
+    from ..formats.feature_files import feature_files_folder, user_folder
+    from ..hub import resolve_sae_path
+    from ..models import load_model
+
+    if not args.model:  # the shipped demo world
+        from ..demo import MODEL_DIR
+
+        args.model = str(MODEL_DIR)
+        args.sae = args.sae or DEMO_SAE
+        args.corpus = args.corpus or DEMO
+    if not args.sae:
+        raise SteeringError("sae-stats: give the SAE (a folder, file or Hub reference)")
+    if not args.corpus:
+        raise SteeringError("sae-stats: give the corpus with --corpus (a file, folder or dataset)")
+    for flag in ("context_size", "batch_size", "max_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SteeringError(f"--{flag.replace('_', '-')} {value} must be 1 or more")
+    corpus = open_corpus(args.corpus, text_field=args.text_field, split=args.dataset_split)
+    sae = load_sae(args.sae, layer=args.layer)
+    path = resolve_sae_path(args.sae)
+    out = args.out or _default_out(args.sae, path, feature_files_folder, user_folder)
+    check_output(out, resume=args.resume, overwrite=args.overwrite)  # before the model loads
+    model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
+    context = args.context_size or recorded_context_size(path) or DEFAULT_CONTEXT
+    if model.context_length is not None:
+        context = min(context, model.context_length)
+    run = run_sae_stats(
+        model,
+        sae,
+        corpus,
+        out,
+        context_size=context,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    summary = {
+        "out": str(out),
+        "files": [str(f) for f in run.files],
+        "complete": run.complete,
+        "tokens": run.stats.tokens,
+        "sequences": run.stats.sequences,
+        "dead_features": run.dead,
+        "d_sae": sae.d_sae,
+        "tokens_per_s": round(run.tokens_per_s, 1),
+        "context_size": context,
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for f in run.files:
+        print(f"wrote {f}")
+    state = "done" if run.complete else "stopped; continue with --resume (checkpoint saved)"
+    print(
+        f"{run.stats.tokens} tokens in {run.stats.sequences} sequences ({state}); "
+        f"{run.dead} of {sae.d_sae} features never fired; {run.tokens_per_s:.0f} tokens/s"
+    )
+    return 0
+
+
+def _default_out(source: str, path: Path, feature_files_folder: Any, user_folder: Any) -> Path:
+    """The SAE's folder of feature files; the shipped demo SAE's own files are never written
+    over (given by its path, its files go to the user's folder as for ``demo-sae``)."""
+    from ..demo import SAE_DIR
+
+    if path.resolve() == SAE_DIR.resolve():
+        return Path(user_folder(DEMO_SAE))
+    return Path(feature_files_folder(source, path))
+
+
+def recorded_context_size(path: Path) -> int | None:
+    """The ``context_size`` an SAELens ``cfg.json`` records (top level or in ``metadata``)."""
+    cfg_file = (path if path.is_dir() else path.parent) / "cfg.json"
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    value = cfg.get("context_size", metadata.get("context_size"))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else None

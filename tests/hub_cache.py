@@ -59,6 +59,9 @@ def tiny_gemma2_it(cache: Path, layers: int = 12, seed: int = 0) -> str:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id, end_of_turn],
         pad_token_id=tokenizer.pad_token_id,
+        # Untied: a random model with tied embeddings only repeats its last token, whatever the
+        # residual stream holds, and a steering could not show in its replies.
+        tie_word_embeddings=False,
     )
     model = tf.AutoModelForCausalLM.from_config(config).eval()
     folder = snapshot(cache, "google/gemma-2-2b-it")

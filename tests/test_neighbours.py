@@ -141,3 +141,32 @@ def test_the_feature_card_lists_the_nearest_features_escaped(tmp_path):
         assert "feature-neighbours" not in card_html(row)
     finally:
         service.close()
+
+
+def test_the_feature_card_shows_the_features_statistics(tmp_path):
+    from live_server import FEATURE, tiny_service
+
+    from ui.cards import card_html, feature_statistics
+    from ui.features import FeatureRow
+
+    service = tiny_service(tmp_path)
+    try:
+        sae = service.sae_for("tiny-sae")
+        row = FeatureRow("tiny-sae", FEATURE, "the Golden Gate Bridge")
+        sae.max_activation = torch.zeros(sae.d_sae)
+        sae.frequency = torch.zeros(sae.d_sae)
+        sae.mean_activation = torch.zeros(sae.d_sae)
+        sae.max_activation[FEATURE] = 4.5123
+        sae.frequency[FEATURE] = 0.0127
+        sae.mean_activation[FEATURE] = 1.25
+        facts = feature_statistics(service, row)
+        assert facts == ("max activation 4.51", "fires on 1.3% of tokens", "mean 1.25 when active")
+        html = card_html(row, (), (), facts)
+        assert "max activation 4.51 · fires on 1.3% of tokens · mean 1.25 when active" in html
+        sae.max_activation = sae.frequency = sae.mean_activation = None
+        assert feature_statistics(service, row) == ()
+        assert "feature-stats" not in card_html(row, (), (), ())
+        assert feature_statistics(service, FeatureRow("elsewhere", 1, "x")) == ()
+        assert feature_statistics(service, FeatureRow("tiny-sae", sae.d_sae, "x")) == ()
+    finally:
+        service.close()

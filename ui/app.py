@@ -25,7 +25,7 @@ import gradio as gr
 from steering.serve import Service
 
 from . import conversation
-from .cards import card_html, nearest_features
+from .cards import card_html, feature_statistics, nearest_features
 from .features import SCOPES, FeatureRow, scope_name, slider_range, top_contexts
 from .handlers import CUSTOM, NO_PRESET, Handlers
 from .lights import lights_view
@@ -274,7 +274,12 @@ def _render_sliders(
         for i, row in enumerate(feature_rows):
             with gr.Group(elem_classes=["feature-card"], elem_id=f"card-{i}"):
                 gr.HTML(
-                    card_html(row, top_contexts(service, row), nearest_features(service, row)),
+                    card_html(
+                        row,
+                        top_contexts(service, row),
+                        nearest_features(service, row),
+                        feature_statistics(service, row),
+                    ),
                     padding=False,
                 )
                 with gr.Row(elem_classes=["feature-controls"]):

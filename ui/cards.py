@@ -1,5 +1,6 @@
-"""A feature's card on the page: its label, index and SAE, how it steers, the contexts it
-fires on most, and its nearest neighbours by decoder direction. Labels and contexts come from
+"""A feature's card on the page: its label, index and SAE, how it steers, its statistics (max
+activation, firing frequency, mean when active), the contexts it fires on most, and its nearest
+neighbours by decoder direction. Labels and contexts come from
 SAE files and presets a visitor may upload, so every piece of text is escaped."""
 
 from __future__ import annotations
@@ -27,14 +28,35 @@ def nearest_features(service: Service, row: FeatureRow) -> tuple[Neighbour, ...]
         return ()
 
 
+def feature_statistics(service: Service, row: FeatureRow) -> tuple[str, ...]:
+    """The feature's statistics as short phrases ("max activation 4.51", "fires on 1.3% of
+    tokens", "mean 1.2 when active"), from the SAE's feature_stats.safetensors (``steering
+    sae-stats``, or Neuronpedia's maxActApprox); none when the SAE has none."""
+    try:
+        sae = service.sae_for(row.ref)
+        sae.check_feature(row.feature)
+    except SteeringError:
+        return ()
+    facts = []
+    if sae.max_activation is not None:
+        facts.append(f"max activation {float(sae.max_activation[row.feature]):.3g}")
+    if sae.frequency is not None:
+        facts.append(f"fires on {100 * float(sae.frequency[row.feature]):.2g}% of tokens")
+    if sae.mean_activation is not None and float(sae.mean_activation[row.feature]) > 0:
+        facts.append(f"mean {float(sae.mean_activation[row.feature]):.3g} when active")
+    return tuple(facts)
+
+
 def card_html(
     row: FeatureRow,
     contexts: Sequence[FeatureContext] = (),
     neighbours: Sequence[Neighbour] = (),
+    statistics: Sequence[str] = (),
 ) -> str:
-    """The card's head as HTML: the label, then "#index · SAE · mode, unit", then up to a
-    few top activating contexts with the token highlighted, then the nearest features by
-    decoder direction (index, label, cosine)."""
+    """The card's head as HTML: the label, then "#index · SAE · mode, unit", then the
+    feature's ``statistics`` (``feature_statistics``), up to a few top activating contexts with
+    the token highlighted, then the nearest features by decoder direction (index, label,
+    cosine)."""
     unit = "× max activation" if row.unit == "max_act" else "raw units"
     how = MODES.get(row.mode, row.mode) + ("" if row.mode == "ablate" else f", in {unit}")
     parts = [
@@ -43,6 +65,9 @@ def card_html(
         f'<div class="feature-meta">#{row.feature} · SAE <code>{escape(row.ref)}</code>'
         f" · {escape(how)}</div>",
     ]
+    if statistics:
+        shown = " · ".join(escape(fact) for fact in statistics)
+        parts.append(f'<div class="feature-meta feature-stats">{shown}</div>')
     if contexts:
         items = "".join(f"<li>{_context(c)}</li>" for c in contexts)
         parts.append(

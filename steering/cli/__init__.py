@@ -85,13 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_sae_info)
 
-    add_presets_commands(sub)
-    add_contrast_commands(sub)
     add_serve_command(sub)
-    add_sweep_command(sub)
-    add_activations_command(sub)
-    add_labels_commands(sub)
+    add_presets_commands(sub)
+    # the researcher's loop on an SAE, in the order it is used (README)
     add_sae_stats_command(sub)
+    add_labels_commands(sub)  # labels import/fetch, and search
+    add_contrast_commands(sub)  # contrast, neighbours
+    add_activations_command(sub)
+    add_sweep_command(sub)
     return parser
 
 

@@ -31,7 +31,8 @@ lint: install
 	$(BIN)/ruff format --check steering ui tests
 	$(BIN)/mypy steering
 
-# Measure the engine's speed (steering overhead, A/B, 8 users, vs generate()); ~2-3 min on CPU.
+# Measure the engine's speed (steering overhead, A/B, 8 users, vs generate()) and sae-stats and
+# decoder-neighbour figures; 5-10 min on a 2-core CPU.
 bench: install
 	$(BIN)/python -m steering.bench --out bench-results.json
 

@@ -486,6 +486,9 @@ def test_an_import_without_labels_leaves_the_files_and_record_alone(tmp_path, ca
     assert not (sae_dir / "feature_stats.safetensors").exists()
     assert main(["sae-info", str(sae_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["labels_from"].startswith(f"Neuronpedia {NP_ID}")
+    new_out = tmp_path / "new"
+    assert import_neuronpedia(load_sae(sae_dir), features, out=new_out).labels_in_file == 0
+    assert not new_out.exists()  # nothing to write: no folder made
     more = write_jsonl(tmp_path / "m.jsonl", [explanation_row(9, "nine")])
     assert import_neuronpedia(load_sae(sae_dir), more).labels_in_file == 5  # still ours: merged
 

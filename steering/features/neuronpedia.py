@@ -392,7 +392,6 @@ def write_feature_files(
             f"{labels_file} exists and no Neuronpedia import wrote it; pass --replace to "
             "replace those labels, or --out another folder"
         )
-    folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {}
     earlier: dict[int, str] = {}
     if (
@@ -405,6 +404,7 @@ def write_feature_files(
     merged = earlier | data.labels
     changed = sum(1 for i in data.labels.keys() & earlier.keys() if earlier[i] != data.labels[i])
     if data.labels:
+        folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps({str(i): merged[i] for i in sorted(merged)}, indent=0)
         _write_atomic(labels_file, text.encode("utf-8"))
         written[LABELS_FILE] = _stamp(labels_file)
@@ -419,6 +419,7 @@ def write_feature_files(
     else:
         from safetensors.torch import save_file
 
+        folder.mkdir(parents=True, exist_ok=True)
         stats = {"max_activation": _dense(data.max_activation, d_sae)}
         if len(data.frequency) == d_sae:
             stats["frequency"] = _dense(data.frequency, d_sae)

@@ -506,8 +506,12 @@ def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
 
 def test_bad_json_names_the_files_line(tmp_path):
     file = write_jsonl(tmp_path / "bad.jsonl", [explanation_row(1, "one")], ('{"index": 2,\n',))
-    with pytest.raises(NeuronpediaError, match=r"bad.jsonl is not .*: line 2: Expecting .*column"):
+    with pytest.raises(NeuronpediaError) as caught:
         read_neuronpedia(file, NeuronpediaId(MODEL, SOURCE), 10)
+    assert str(caught.value) == (
+        f"{file} is not readable as Neuronpedia JSON lines: line 2: Expecting property name "
+        "enclosed in double quotes (column 13)"
+    )
 
 
 def test_rows_with_bad_values_are_counted_and_named(tmp_path, capsys):

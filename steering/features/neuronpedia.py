@@ -239,7 +239,7 @@ def _rows(file: Path, limits: FeatureFileLimits) -> Iterator[tuple[str, dict[str
 def _json(line: bytes, file: Path, number: int) -> Any:
     """One JSON line, its errors naming the file's line (json's own say "line 1")."""
     try:
-        return json.loads(line)
+        return json.loads(line.rstrip(b"\r\n"))  # an error at its end: column, not "line 2"
     except json.JSONDecodeError as e:
         raise NeuronpediaError(
             f"{file} is not readable as Neuronpedia JSON lines: line {number}: {e.msg} "

@@ -214,8 +214,8 @@ def test_an_index_past_the_width_is_refused(tmp_path):
     [
         ("deep.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", "nested too deep"),
         ("bad.jsonl.gz", b"not gzip at all", "Not a gzipped file"),
-        ("bad.jsonl", b'{"index": "1"\n', "Expecting ',' delimiter"),
-        ("list.jsonl", b"[1, 2]\n", "row 1 is a list, not an object"),
+        ("bad.jsonl", b'{"index": "1"\n', "line 1: Expecting ',' delimiter"),
+        ("list.jsonl", b"[1, 2]\n", "list.jsonl line 1 is a list, not an object"),
     ],
 )
 def test_unreadable_files_are_clear_errors(tmp_path, name, content, message):
@@ -369,6 +369,28 @@ def test_an_unreachable_bucket_says_what_to_do_by_hand(tmp_path):
     assert message.endswith(f"steering labels import {target} --sae my/sae")
 
 
+def test_the_offline_hint_repeats_the_users_options(tmp_path):
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    client = httpx.Client(transport=httpx.MockTransport(refuse))
+    options = ["--neuronpedia-id", NP_ID, "--out", str(tmp_path / "my labels")]
+    with pytest.raises(NeuronpediaUnreachable) as caught:
+        fetch_exports(
+            NeuronpediaId(MODEL, SOURCE),
+            tmp_path / "dl",
+            16,
+            sae_ref="demo-sae",
+            import_options=options,
+            client=client,
+        )
+    target = tmp_path / "dl" / MODEL / SOURCE
+    assert str(caught.value).endswith(
+        f"steering labels import {target} --sae demo-sae --neuronpedia-id {NP_ID} "
+        f"--out '{tmp_path}/my labels'"
+    )
+
+
 def test_the_fetch_command_over_a_loopback_server(tmp_path, capsys, monkeypatch):
     write_exports(tmp_path / "bucket")
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "bucket"))
@@ -395,3 +417,131 @@ def test_the_fetch_command_over_a_loopback_server(tmp_path, capsys, monkeypatch)
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "cannot reach Neuronpedia's exports" in err and "Traceback" not in err
+
+
+# ---- merging, records, bad rows ----
+
+
+def write_jsonl(file: Path, rows: list, raw_lines: tuple[str, ...] = ()) -> Path:
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(raw_lines))
+    return file
+
+
+def api_answer(index: int, description: str) -> dict:
+    return feature_row(index, 4.25, 0.002) | {"explanations": [{"description": description}]}
+
+
+def test_a_second_import_merges_into_the_labels_the_first_wrote(tmp_path, capsys):
+    exports = write_exports(tmp_path / "exports")
+    sae_dir = write_sae(tmp_path)
+    assert main(["labels", "import", str(exports), "--sae", str(sae_dir)]) == 0
+    capsys.readouterr()
+    answer = tmp_path / "api704.json"
+    answer.write_text(json.dumps(api_answer(704, "the word 'bridge'")))
+    assert main(["labels", "import", str(answer), "--sae", str(sae_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert f"1 label of Neuronpedia SAE {NP_ID} -> {sae_dir}: 0 added, 1 updated, 2,099 kept " in (
+        printed
+    )
+    assert "(2,100 labels in feature_labels.json)" in printed
+    labels = load_sae(sae_dir).labels
+    assert len(labels) == D_SAE and labels[704] == "the word 'bridge'"
+    assert labels[703] == label_of(703)
+    # the statistics the first import wrote are still its own: the record keeps them
+    record = json.loads((sae_dir / "neuronpedia_import.json").read_text())
+    assert (record["labels"], record["max_activations"]) == (D_SAE, D_SAE)
+    assert set(record["wrote"]) == {"feature_labels.json", "feature_stats.safetensors"}
+    assert record["from"] == str(answer) and record["merged_from"] == [str(exports)]
+    assert main(["sae-info", str(sae_dir), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["labels_from"].startswith(f"Neuronpedia {NP_ID} ({answer}")
+    assert facts["max_activation_from"] == "Neuronpedia's maxActApprox"
+
+
+def test_an_import_of_only_new_indices_adds_them(tmp_path):
+    sae_dir = write_sae(tmp_path)
+    first = write_jsonl(tmp_path / "a.jsonl", [explanation_row(i, f"a{i}") for i in range(3)])
+    second = write_jsonl(tmp_path / "b.jsonl", [explanation_row(i, f"b{i}") for i in (2, 3, 4)])
+    import_neuronpedia(load_sae(sae_dir), first)
+    result = import_neuronpedia(load_sae(sae_dir), second)
+    assert (result.added, result.updated, result.kept, result.labels_in_file) == (2, 1, 2, 5)
+    assert load_sae(sae_dir).labels == {0: "a0", 1: "a1", 2: "b2", 3: "b3", 4: "b4"}
+    replaced = import_neuronpedia(load_sae(sae_dir), first, replace_labels=True)  # no merge
+    assert (replaced.added, replaced.kept, replaced.labels_in_file) == (3, 0, 3)
+    assert load_sae(sae_dir).labels == {0: "a0", 1: "a1", 2: "a2"}
+
+
+def test_an_import_without_labels_leaves_the_files_and_record_alone(tmp_path, capsys):
+    sae_dir = write_sae(tmp_path)
+    labels = write_jsonl(tmp_path / "e.jsonl", [explanation_row(i, f"e{i}") for i in range(4)])
+    import_neuronpedia(load_sae(sae_dir), labels)
+    record_file = sae_dir / "neuronpedia_import.json"
+    before = record_file.read_bytes(), (sae_dir / "feature_labels.json").read_bytes()
+    features = write_jsonl(tmp_path / "f.jsonl", [feature_row(i, 1.0, 0.1) for i in range(5)])
+    assert main(["labels", "import", str(features), "--sae", str(sae_dir)]) == 0
+    assert f"no labels of Neuronpedia SAE {NP_ID}: feature_labels.json left as it is" in (
+        capsys.readouterr().out
+    )
+    assert (record_file.read_bytes(), (sae_dir / "feature_labels.json").read_bytes()) == before
+    assert not (sae_dir / "feature_stats.safetensors").exists()
+    assert main(["sae-info", str(sae_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["labels_from"].startswith(f"Neuronpedia {NP_ID}")
+    new_out = tmp_path / "new"
+    assert import_neuronpedia(load_sae(sae_dir), features, out=new_out).labels_in_file == 0
+    assert not new_out.exists()  # nothing to write: no folder made
+    more = write_jsonl(tmp_path / "m.jsonl", [explanation_row(9, "nine")])
+    assert import_neuronpedia(load_sae(sae_dir), more).labels_in_file == 5  # still ours: merged
+
+
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    sae_dir = write_sae(tmp_path)
+    labels = write_jsonl(tmp_path / "e.jsonl", [explanation_row(1, "one")])
+    out = tmp_path / "taken"
+    out.write_text("x")
+    argv = ["labels", "import", str(labels), "--sae", str(sae_dir), "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"--out {out} is a file; give a folder" in err and "Traceback" not in err
+
+
+def test_bad_json_names_the_files_line(tmp_path):
+    file = write_jsonl(tmp_path / "bad.jsonl", [explanation_row(1, "one")], ('{"index": 2,\n',))
+    with pytest.raises(NeuronpediaError) as caught:
+        read_neuronpedia(file, NeuronpediaId(MODEL, SOURCE), 10)
+    assert str(caught.value) == (
+        f"{file} is not readable as Neuronpedia JSON lines: line 2: Expecting property name "
+        "enclosed in double quotes (column 13)"
+    )
+
+
+def test_rows_with_bad_values_are_counted_and_named(tmp_path, capsys):
+    rows = [explanation_row(1, "one"), explanation_row(2, "x") | {"description": 7}]
+    rows += [explanation_row(3, "x") | {"description": None}, feature_row(4, -1.0, 0.1)]
+    file = write_jsonl(tmp_path / "r.jsonl", rows)
+    data = read_neuronpedia(file, NeuronpediaId(MODEL, SOURCE), 10)
+    assert data.labels == {1: "one"} and data.max_activation == {}
+    assert data.frequency == {4: 0.1}
+    assert (data.bad_rows, data.first_bad) == (3, f"{file} line 2: description 7, not a string")
+    sae_dir = write_sae(tmp_path)
+    assert main(["labels", "import", str(file), "--sae", str(sae_dir)]) == 0
+    assert (
+        f"skipped bad values in 3 rows of this SAE; the first: {file} line 2: description 7, "
+        "not a string"
+    ) in capsys.readouterr().out
+
+    only_bad = write_jsonl(tmp_path / "bad.jsonl", rows[1:3] + [feature_row(5, -2.0, 7.0)])
+    with pytest.raises(NeuronpediaError) as caught:
+        read_neuronpedia(only_bad, NeuronpediaId(MODEL, SOURCE), 10)
+    assert str(caught.value) == (
+        f"{only_bad}: every row of Neuronpedia SAE {NP_ID} has a bad value (3 rows; the first: "
+        f"{only_bad} line 1: description 7, not a string)"
+    )
+
+
+def test_shipped_labels_are_cleaned_on_load(tmp_path):
+    sae_dir = write_sae(tmp_path)
+    shipped = {"1": "\x1b[31mred\x1b[0m  alert\u202e", "2": "x" * 400}
+    (sae_dir / "feature_labels.json").write_text(json.dumps(shipped))
+    labels = load_sae(sae_dir).labels
+    assert labels[1] == "[31mred [0m alert"
+    assert labels[2] == "x" * 299 + "…"

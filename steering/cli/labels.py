@@ -63,7 +63,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replace",
         action="store_true",
-        help="replace a feature_labels.json that no import wrote",
+        help="replace feature_labels.json instead of merging into the labels an earlier import "
+        "wrote (needed for one that no import wrote)",
     )
 
 
@@ -95,7 +96,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     np_id = sae_neuronpedia_id(sae, args.neuronpedia_id)
     dest = args.download_dir or steering_home() / "neuronpedia"
     kinds = ("explanations",) if args.labels_only else ("explanations", "features")
-    folder = fetch_exports(np_id, dest, sae.d_sae, sae_ref=args.sae, kinds=kinds)
+    options = [("--layer", args.layer), ("--neuronpedia-id", args.neuronpedia_id)]
+    options += [("--out", args.out), ("--replace", args.replace)]
+    import_options = [
+        part
+        for flag, value in options
+        if value not in (None, False)
+        for part in ([flag] if value is True else [flag, str(value)])
+    ]
+    folder = fetch_exports(
+        np_id, dest, sae.d_sae, sae_ref=args.sae, import_options=import_options, kinds=kinds
+    )
     print(f"fetched Neuronpedia's exports of {np_id} into {folder}")
     result = import_neuronpedia(
         sae,
@@ -110,8 +121,23 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _report(result: Any) -> None:
-    print(f"{result.labels:,} labels of Neuronpedia SAE {result.neuronpedia_id} -> {result.folder}")
+    from ..features.neuronpedia import LABELS_FILE, count
+
+    read = count(result.labels, "label")
+    if result.labels:
+        print(
+            f"{read} of Neuronpedia SAE {result.neuronpedia_id} -> {result.folder}: "
+            f"{result.added:,} added, {result.updated:,} updated, {result.kept:,} kept "
+            f"({count(result.labels_in_file, 'label')} in {LABELS_FILE})"
+        )
+    else:
+        print(f"no labels of Neuronpedia SAE {result.neuronpedia_id}: {LABELS_FILE} left as it is")
     print(result.stats_note)
+    if result.bad_rows:
+        print(
+            f"skipped bad values in {count(result.bad_rows, 'row')} of this SAE; the first: "
+            f"{result.first_bad}"
+        )
     if result.other_ids:
         skipped = ", ".join(f"{i} ({n} rows)" for i, n in sorted(result.other_ids.items())[:8])
         print(f"skipped rows of other SAEs: {skipped}")

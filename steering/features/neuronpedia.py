@@ -25,12 +25,16 @@ folder's ``explanations/`` before ``explanations-<model>/``, batches by number),
 order; empty descriptions are skipped. Labels are cleaned (control characters removed, spaces
 collapsed) and cut to ``max_label_chars``.
 
-Where the results go (``write_feature_files``): ``feature_labels.json``, and, when the features
-rows give ``maxActApprox`` for every feature, ``feature_stats.safetensors`` (``max_activation``,
-and ``frequency`` from ``frac_nonzero``) -- only where that file is absent or was written by an
-earlier import, so statistics computed over a corpus (``steering sae-stats``) are never replaced
-by Neuronpedia's approximations. ``neuronpedia_import.json`` records what was imported, from
-where, and which files the import wrote.
+Where the results go (``write_feature_files``): ``feature_labels.json`` (merged into the labels an
+earlier import of the same SAE wrote, this import's winning for their indices), and, when the
+features rows give ``maxActApprox`` for every feature, ``feature_stats.safetensors``
+(``max_activation``, and ``frequency`` from ``frac_nonzero``) -- only where that file is absent or
+was written by an earlier import, so statistics computed over a corpus (``steering sae-stats``) are
+never replaced by Neuronpedia's approximations. ``neuronpedia_import.json`` records what the files
+hold: the labels' origin (and earlier origins merged in), counts, and which files imports wrote
+(size and modification time, to tell them from files edited since). An import that writes no file
+leaves it as it was. Rows of this SAE with a value of the wrong type or range (a description that is
+not a string, a negative ``maxActApprox``) have that value skipped and are counted.
 
 Why not the ``neuronpedia`` package (PyPI): it wraps API calls that need an API key and does
 not read the exports; reading gzipped JSON lines is the standard library's, and the download is
@@ -44,7 +48,6 @@ import json
 import math
 import os
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +60,7 @@ from tqdm import tqdm
 
 from ..errors import SteeringError
 from ..formats.feature_files import feature_files_folder, user_folder
+from ..formats.label_text import clean_label
 from ..limits import FEATURE_FILES, FeatureFileLimits
 from ..sae import SAE
 
@@ -67,10 +71,10 @@ EXPLANATION_BATCHES_PER_FEATURE_BATCH = 4  # several explanations per feature: a
 LABELS_FILE = "feature_labels.json"
 STATS_FILE = "feature_stats.safetensors"
 RECORD_FILE = "neuronpedia_import.json"
+MERGED_FROM = 20  # earlier origins a record names
 SUFFIXES = (".jsonl.gz", ".jsonl", ".json")
 SKIPPED_FOLDERS = {"activations"}
 BATCH_NUMBER = re.compile(r"batch-(\d+)")
-SPACES = re.compile(r"\s+")
 
 
 class NeuronpediaError(SteeringError):
@@ -110,12 +114,16 @@ class NeuronpediaData:
     explanations: int = 0  # explanation rows of this SAE read (several per feature possible)
     other_ids: Counter[str] = field(default_factory=Counter)  # rows of other SAEs, skipped
     files: int = 0
+    bad_rows: int = 0  # rows of this SAE with a value of the wrong type or range, skipped
+    first_bad: str = ""  # where the first of them is and which field: "FILE line N: field ..."
 
 
 @dataclass(frozen=True)
 class ImportResult:
-    """What ``import_neuronpedia`` wrote: the folder, label count, whether max activations were
-    written (and why not), and the rows of other SAEs that were skipped."""
+    """What ``import_neuronpedia`` wrote: the folder, the labels read (``labels``) and how they
+    merged into the file (``added``, ``updated``: new text for an index, ``kept``: unchanged, of
+    ``labels_in_file``), whether max activations were written (and why not), and the rows
+    skipped (of other SAEs; of this SAE with bad values, the first one named)."""
 
     folder: Path
     neuronpedia_id: str
@@ -124,6 +132,12 @@ class ImportResult:
     stats_written: bool
     stats_note: str
     other_ids: dict[str, int]
+    added: int = 0
+    updated: int = 0
+    kept: int = 0
+    labels_in_file: int = 0
+    bad_rows: int = 0
+    first_bad: str = ""
 
 
 def sae_neuronpedia_id(sae: SAE, given: str | None = None) -> NeuronpediaId:
@@ -155,17 +169,22 @@ def read_neuronpedia(
     files = data_files(path)
     for file in tqdm(files, desc="reading Neuronpedia's rows", unit="file", disable=len(files) < 2):
         data.files += 1
-        for row in _rows(file, limits):
+        for where, row in _rows(file, limits):
             rows += 1
             if rows > limits.max_rows:
                 raise NeuronpediaError(f"{path}: more than {limits.max_rows:,} rows")
-            _take(row, file, expected, d_sae, data, limits)
+            _take(row, where, expected, d_sae, data, limits)
     if data.files == 0:
         raise NeuronpediaError(
             f"{path} holds no {', '.join(SUFFIXES)} file (expected Neuronpedia's exports, e.g. "
             "explanations/batch-0.jsonl.gz, or a saved feature API answer)"
         )
     if not (data.labels or data.max_activation or data.explanations):
+        if data.bad_rows:
+            raise NeuronpediaError(
+                f"{path}: every row of Neuronpedia SAE {expected} has a bad value "
+                f"({count(data.bad_rows, 'row')}; the first: {data.first_bad})"
+            )
         found = ", ".join(f"{i} ({n} rows)" for i, n in data.other_ids.most_common(8)) or "none"
         raise NeuronpediaError(
             f"{path} has no rows of Neuronpedia SAE {expected}; the SAEs it has: {found}. If one "
@@ -192,7 +211,9 @@ def _reading_order(file: Path) -> tuple[tuple[str, ...], int, str]:
     return file.parent.parts, int(number.group(1)) if number else -1, file.name
 
 
-def _rows(file: Path, limits: FeatureFileLimits) -> Iterator[dict[str, Any]]:
+def _rows(file: Path, limits: FeatureFileLimits) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` for each row of ``file``; ``where`` names the file and line (or, in a
+    ``.json`` list, the row)."""
     size = file.stat().st_size
     if size > limits.max_file_bytes:
         raise NeuronpediaError(f"{file} is {size:,} bytes; at most {limits.max_file_bytes:,}")
@@ -208,35 +229,50 @@ def _rows(file: Path, limits: FeatureFileLimits) -> Iterator[dict[str, Any]]:
                         f"{file}: line {number + 1} is over {limits.max_row_bytes:,} bytes"
                     )
                 if line.strip():
-                    yield _object(json.loads(line), file, number + 1)
+                    where = f"{file} line {number + 1}"
+                    yield where, _object(_json(line, file, number + 1), where)
     except (OSError, EOFError, UnicodeDecodeError, ValueError, RecursionError) as e:
         what = "nested too deep" if isinstance(e, RecursionError) else str(e)
         raise NeuronpediaError(f"{file} is not readable as Neuronpedia JSON lines: {what}") from e
 
 
-def _json_rows(file: Path, limits: FeatureFileLimits) -> Iterator[dict[str, Any]]:
+def _json(line: bytes, file: Path, number: int) -> Any:
+    """One JSON line, its errors naming the file's line (json's own say "line 1")."""
+    try:
+        return json.loads(line.rstrip(b"\r\n"))  # an error at its end: column, not "line 2"
+    except json.JSONDecodeError as e:
+        raise NeuronpediaError(
+            f"{file} is not readable as Neuronpedia JSON lines: line {number}: {e.msg} "
+            f"(column {e.colno})"
+        ) from None
+
+
+def _json_rows(file: Path, limits: FeatureFileLimits) -> Iterator[tuple[str, dict[str, Any]]]:
     if file.stat().st_size > limits.max_row_bytes * 4:
         raise NeuronpediaError(f"{file}: a .json file is read whole; use .jsonl for this size")
     data = json.loads(file.read_bytes())
-    for number, row in enumerate(data if isinstance(data, list) else [data]):
-        yield _object(row, file, number + 1)
+    rows = data if isinstance(data, list) else [data]
+    for number, row in enumerate(rows):
+        where = f"{file} row {number + 1}" if isinstance(data, list) else str(file)
+        yield where, _object(row, where)
 
 
-def _object(row: Any, file: Path, number: int) -> dict[str, Any]:
+def _object(row: Any, where: str) -> dict[str, Any]:
     if not isinstance(row, dict):
-        raise NeuronpediaError(f"{file}: row {number} is a {type(row).__name__}, not an object")
+        raise NeuronpediaError(f"{where} is a {type(row).__name__}, not an object")
     return row
 
 
 def _take(
     row: dict[str, Any],
-    file: Path,
+    where: str,
     expected: NeuronpediaId,
     d_sae: int,
     data: NeuronpediaData,
     limits: FeatureFileLimits,
 ) -> None:
-    """Add one row (an explanation, a feature, or a feature with its explanations)."""
+    """Add one row (an explanation, a feature, or a feature with its explanations); a value of
+    the wrong type or range is skipped and counted (``data.bad_rows``)."""
     explanations = row.get("explanations")
     nested = explanations if isinstance(explanations, list) else []
     is_data = "description" in row or "maxActApprox" in row or nested
@@ -246,28 +282,49 @@ def _take(
     if row_id != str(expected):
         data.other_ids[row_id] += 1
         return
-    index = _index(row["index"], d_sae, file)
+    index = _index(row["index"], d_sae, where)
+    bad = []
     for explanation in [row, *nested]:
-        description = explanation.get("description") if isinstance(explanation, dict) else None
-        if isinstance(description, str):
-            data.explanations += 1
-            label = clean_label(description, limits.max_label_chars)
-            if label and index not in data.labels:
-                data.labels[index] = label
-    value = _number(row.get("maxActApprox"))
-    if value is not None and value >= 0:
-        data.max_activation[index] = value
-    fraction = _number(row.get("frac_nonzero"))
-    if fraction is not None and 0 <= fraction <= 1:
-        data.frequency[index] = fraction
+        if not isinstance(explanation, dict) or "description" not in explanation:
+            if explanation is not row:
+                bad.append(f"explanations: {_shown(explanation)}, not an object with a description")
+            continue
+        description = explanation["description"]
+        if not isinstance(description, str):
+            bad.append(f"description {_shown(description)}, not a string")
+            continue
+        data.explanations += 1
+        label = clean_label(description, limits.max_label_chars)
+        if label and index not in data.labels:
+            data.labels[index] = label
+    if "maxActApprox" in row:
+        value = _number(row["maxActApprox"])
+        if value is not None and value >= 0:
+            data.max_activation[index] = value
+        else:
+            bad.append(f"maxActApprox {_shown(row['maxActApprox'])}, not a number >= 0")
+    if "frac_nonzero" in row:
+        fraction = _number(row["frac_nonzero"])
+        if fraction is not None and 0 <= fraction <= 1:
+            data.frequency[index] = fraction
+        else:
+            bad.append(f"frac_nonzero {_shown(row['frac_nonzero'])}, not a number in 0..1")
+    if bad:
+        data.bad_rows += 1
+        data.first_bad = data.first_bad or f"{where}: {bad[0]}"
 
 
-def _index(value: Any, d_sae: int, file: Path) -> int:
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _index(value: Any, d_sae: int, where: str) -> int:
     text = str(value).strip() if isinstance(value, (str, int)) else ""
     index = int(text) if text.isdecimal() and len(text) < 12 else -1
     if not 0 <= index < d_sae:
         raise NeuronpediaError(
-            f"{file}: feature index {value!r} is outside this SAE's 0..{d_sae - 1} (is the file "
+            f"{where}: feature index {value!r} is outside this SAE's 0..{d_sae - 1} (is the file "
             "another width's?)"
         )
     return index
@@ -277,14 +334,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
-
-
-def clean_label(text: str, max_chars: int = FEATURE_FILES.max_label_chars) -> str:
-    """``text`` without control or format characters, spaces collapsed, cut to ``max_chars``
-    (ending with an ellipsis when cut)."""
-    kept = "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in text)
-    label = SPACES.sub(" ", kept).strip()
-    return label if len(label) <= max_chars else label[: max_chars - 1].rstrip() + "…"
 
 
 # ---- writing ----
@@ -322,13 +371,21 @@ def write_feature_files(
     *,
     replace_labels: bool = False,
 ) -> ImportResult:
-    """Write ``data`` into ``folder`` (module docstring); returns what was written."""
-    from safetensors.torch import save_file
+    """Write ``data`` into ``folder`` (module docstring); returns what was written.
 
-    folder.mkdir(parents=True, exist_ok=True)
-    record = read_import_record(folder) or {}
+    Labels merge into those an earlier import of the same Neuronpedia SAE wrote (this import's
+    rows win for their indices) unless ``replace_labels``; a ``feature_labels.json`` that no
+    import wrote is refused unless ``replace_labels``. An import that writes no file leaves the
+    folder, and its ``neuronpedia_import.json``, as they were. Raises ``NeuronpediaError`` for
+    those refusals and when ``folder`` is an existing file.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise NeuronpediaError(f"--out {folder} is a file; give a folder (new or existing)")
+    record = read_import_record(folder) if folder.is_dir() else None
+    record = record or {}
     labels_file, stats_file = folder / LABELS_FILE, folder / STATS_FILE
     wrote = record.get("wrote", {})
+    wrote = wrote if isinstance(wrote, dict) else {}
     ours = _unchanged(labels_file, wrote.get(LABELS_FILE))
     if data.labels and labels_file.is_file() and not (replace_labels or ours):
         raise NeuronpediaError(
@@ -336,19 +393,33 @@ def write_feature_files(
             "replace those labels, or --out another folder"
         )
     written: dict[str, Any] = {}
+    earlier: dict[int, str] = {}
+    if (
+        data.labels
+        and ours
+        and not replace_labels
+        and record.get("neuronpedia_id") == str(expected)
+    ):
+        earlier = _read_own_labels(labels_file)
+    merged = earlier | data.labels
+    changed = sum(1 for i in data.labels.keys() & earlier.keys() if earlier[i] != data.labels[i])
     if data.labels:
-        text = json.dumps({str(i): data.labels[i] for i in sorted(data.labels)}, indent=0)
+        folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({str(i): merged[i] for i in sorted(merged)}, indent=0)
         _write_atomic(labels_file, text.encode("utf-8"))
         written[LABELS_FILE] = _stamp(labels_file)
     covered = len(data.max_activation)
     if covered < d_sae:
         note = (
-            f"max activations known for {covered:,} of {d_sae:,} features: not written (import "
-            "every features/ batch to use them)"
+            f"max activations known for {covered:,} of {count(d_sae, 'feature')}: not written "
+            "(import every features/ batch to use them)"
         )
     elif stats_file.is_file() and not _unchanged(stats_file, wrote.get(STATS_FILE)):
         note = f"{STATS_FILE} exists (computed statistics): kept, Neuronpedia's not written"
     else:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
         stats = {"max_activation": _dense(data.max_activation, d_sae)}
         if len(data.frequency) == d_sae:
             stats["frequency"] = _dense(data.frequency, d_sae)
@@ -357,16 +428,7 @@ def write_feature_files(
         os.replace(tmp, stats_file)
         written[STATS_FILE] = _stamp(stats_file)
         note = f"max activations of all {d_sae:,} features written (Neuronpedia's maxActApprox)"
-    new_record = {
-        "neuronpedia_id": str(expected),
-        "from": origin,
-        "imported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "labels": len(data.labels),
-        "max_activations": covered,
-        "wrote": written,
-    }
-    _write_atomic(folder / RECORD_FILE, json.dumps(new_record, indent=1).encode("utf-8"))
-    return ImportResult(
+    result = ImportResult(
         folder,
         str(expected),
         len(data.labels),
@@ -374,7 +436,84 @@ def write_feature_files(
         STATS_FILE in written,
         note,
         dict(data.other_ids),
+        added=len(data.labels.keys() - earlier.keys()),
+        updated=changed,
+        kept=len(merged) - len(data.labels.keys() - earlier.keys()) - changed,
+        labels_in_file=len(merged),
+        bad_rows=data.bad_rows,
+        first_bad=data.first_bad,
     )
+    if written:  # the record describes what the files hold: untouched files keep their entries
+        _write_atomic(
+            folder / RECORD_FILE,
+            json.dumps(
+                _new_record(
+                    folder, record, written, len(merged), covered, expected, origin, bool(earlier)
+                ),
+                indent=1,
+            ).encode("utf-8"),
+        )
+    return result
+
+
+def _new_record(
+    folder: Path,
+    record: dict[str, Any],
+    written: dict[str, Any],
+    labels: int,
+    max_activations: int,
+    expected: NeuronpediaId,
+    origin: str,
+    merged: bool,
+) -> dict[str, Any]:
+    """The import record after an import that wrote ``written``: its own entries, and the
+    earlier record's entries for the files this import left alone that are still as the
+    earlier import wrote them (so the record keeps describing what the files hold)."""
+    earlier = record.get("wrote")
+    kept = {
+        name: stamp
+        for name, stamp in (earlier.items() if isinstance(earlier, dict) else ())
+        if name in (LABELS_FILE, STATS_FILE) and name not in written
+        if _unchanged(folder / name, stamp)
+    }
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    new: dict[str, Any] = {"neuronpedia_id": str(expected), "from": origin, "imported": now}
+    if LABELS_FILE in written:
+        new["labels"] = labels
+        if merged and isinstance(record.get("from"), str):  # earlier labels kept in the file
+            older = record.get("merged_from")
+            older = [f for f in older if isinstance(f, str)] if isinstance(older, list) else []
+            new["merged_from"] = [record["from"], *older][:MERGED_FROM]
+    elif LABELS_FILE in kept:  # the labels are the earlier import's: so is their origin
+        new |= {k: record[k] for k in ("neuronpedia_id", "from", "imported") if k in record}
+        new["labels"] = record.get("labels", 0)
+    else:
+        new["labels"] = 0
+    new["max_activations"] = (
+        max_activations
+        if STATS_FILE in written
+        else record.get("max_activations", 0)
+        if STATS_FILE in kept
+        else 0
+    )
+    new["wrote"] = kept | written
+    return new
+
+
+def _read_own_labels(file: Path) -> dict[int, str]:
+    """The labels an earlier import wrote to ``file`` (its own layout: index -> label)."""
+    try:
+        labels = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise NeuronpediaError(f"{file} is not readable JSON ({e}); pass --replace") from e
+    if not isinstance(labels, dict):
+        raise NeuronpediaError(f"{file} is not an object of index -> label; pass --replace")
+    return {int(k): v for k, v in labels.items() if k.isdecimal() and isinstance(v, str)}
+
+
+def count(n: int, word: str) -> str:
+    """``"1 label"``, ``"1,022 labels"``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _dense(values: dict[int, float], d_sae: int) -> torch.Tensor:

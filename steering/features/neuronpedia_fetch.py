@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +48,7 @@ def fetch_exports(
     d_sae: int,
     *,
     sae_ref: str = "SAE",
+    import_options: Sequence[str] = (),
     kinds: tuple[str, ...] = KINDS,
     client: httpx.Client | None = None,
     limits: FeatureFileLimits = FEATURE_FILES,
@@ -55,8 +58,8 @@ def fetch_exports(
     ``import_neuronpedia`` reads (``dest/MODEL_ID/SOURCE_ID``).
 
     Raises ``NeuronpediaUnreachable`` (naming what to download by hand and the import command,
-    with ``sae_ref`` in it) when the bucket cannot be reached, and ``NeuronpediaError`` when it
-    has no explanations for ``np_id`` or a bound is passed.
+    with ``sae_ref`` and ``import_options`` in it) when the bucket cannot be reached, and
+    ``NeuronpediaError`` when it has no explanations for ``np_id`` or a bound is passed.
     """
     import httpx
 
@@ -87,7 +90,8 @@ def fetch_exports(
                     f"https://www.neuronpedia.org/{np_id}"
                 )
     except httpx.TransportError as e:
-        raise NeuronpediaUnreachable(_by_hand(np_id, dest, sae_ref, base_url, e)) from e
+        options = [sae_ref, *import_options]
+        raise NeuronpediaUnreachable(_by_hand(np_id, dest, options, base_url, e)) from e
     finally:
         if own:
             http.close()
@@ -151,7 +155,9 @@ def _fetch_file(
     return True
 
 
-def _by_hand(np_id: NeuronpediaId, dest: Path, sae_ref: str, base_url: str, e: Exception) -> str:
+def _by_hand(
+    np_id: NeuronpediaId, dest: Path, options: list[str], base_url: str, e: Exception
+) -> str:
     target = dest / np_id.model / np_id.source
     bucket = f"s3://neuronpedia-datasets/v1/{np_id}"
     return (
@@ -159,5 +165,5 @@ def _by_hand(np_id: NeuronpediaId, dest: Path, sae_ref: str, base_url: str, e: E
         f"machine that can, download them: `aws s3 sync --no-sign-request {bucket}/explanations/ "
         f"explanations/` and the same for features/ (or fetch {base_url}/{np_id}/explanations/"
         f"batch-0.jsonl.gz, batch-1, ... one by one), copy them here into {target}, then run: "
-        f"steering labels import {target} --sae {sae_ref}"
+        f"steering labels import {shlex.join([str(target), '--sae', *options])}"
     )

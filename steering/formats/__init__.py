@@ -29,6 +29,7 @@ from ..sae import SAE, FeatureContext
 from . import dictionary_learning, gemma_scope, goodfire, llama_scope, saelens, sparsify
 from .common import LoadRequest, parse_dtype, read_json, read_safetensors, require
 from .feature_files import user_folder
+from .label_text import clean_label
 
 # max_activation [d_sae]; optional frequency [d_sae], mean_activation [d_sae] (mean when active)
 FEATURE_STATS_FILE = "feature_stats.safetensors"
@@ -154,7 +155,7 @@ def _read_labels(path: Path, d_sae: int) -> dict[int, str]:
                 f"{path}: entry {key!r}: {label!r} should map a feature index 0..{d_sae - 1} "
                 "to a label string"
             )
-        labels[index] = label
+        labels[index] = clean_label(label)  # shipped labels reach terminals and pages too
     return labels
 
 

@@ -12,6 +12,7 @@ from .serve import add_model_arguments
 
 DEFAULT_CONTEXT = 1024  # tokens per sequence when neither the SAE nor the flag says
 DEMO_SAE = "demo-sae"
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT)
 
 
 def add_sae_stats_command(subparsers: Any) -> None:
@@ -106,6 +107,7 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
         "out": str(out),
         "files": [str(f) for f in run.files],
         "complete": run.complete,
+        "corpus_finished": run.corpus_finished,
         "tokens": run.stats.tokens,
         "sequences": run.stats.sequences,
         "dead_features": run.dead,
@@ -113,17 +115,30 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
         "tokens_per_s": round(run.tokens_per_s, 1),
         "context_size": context,
     }
+    code = 0 if run.complete else INTERRUPTED
+    resume = f"stopped: the checkpoint is saved; continue with --resume --out {out}"
     if args.json:
         print(json.dumps(summary))
-        return 0
+        if not run.complete:
+            print(resume, file=sys.stderr)
+        return code
     for f in run.files:
         print(f"wrote {f}")
-    state = "done" if run.complete else "stopped; continue with --resume (checkpoint saved)"
+    if not run.complete:
+        print(f"{_count(run.stats.tokens, 'token')} in {_count(run.stats.sequences, 'sequence')}")
+        print(f"{resume} (the statistics files there were not changed)", file=sys.stderr)
+        return code
+    state = "done" if run.corpus_finished else f"cut at --max-tokens {args.max_tokens}"
     print(
-        f"{run.stats.tokens} tokens in {run.stats.sequences} sequences ({state}); "
-        f"{run.dead} of {sae.d_sae} features never fired; {run.tokens_per_s:.0f} tokens/s"
+        f"{_count(run.stats.tokens, 'token')} in {_count(run.stats.sequences, 'sequence')} "
+        f"({state}); {run.dead} of {sae.d_sae} features never fired; "
+        f"{run.tokens_per_s:.0f} tokens/s"
     )
-    return 0
+    return code
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _default_out(source: str, path: Path, feature_files_folder: Any, user_folder: Any) -> Path:

@@ -47,7 +47,8 @@ class FeatureStatistics:
     of activations; ``top_values`` (d_sae, top_k) float32: the largest activations, best first
     (0: no entry); ``top_windows`` (d_sae, top_k, WINDOW) int32: the token ids around each, the
     activating token at index ``LEFT`` (``NO_TOKEN`` outside the sequence). ``sequences``:
-    sequences of the corpus done; ``tokens``: tokens counted; ``finished``: the corpus ended.
+    sequences of the corpus done; ``tokens``: tokens counted; ``finished``: the corpus ended;
+    ``interrupted``: ``should_stop`` stopped the run (else ``max_tokens`` or the corpus's end).
     """
 
     fired: Tensor
@@ -57,6 +58,7 @@ class FeatureStatistics:
     sequences: int = 0
     tokens: int = 0
     finished: bool = False
+    interrupted: bool = False
 
     @classmethod
     def empty(cls, d_sae: int, top_k: int, device: torch.device | str = "cpu") -> FeatureStatistics:
@@ -88,7 +90,7 @@ class FeatureStatistics:
         tensors = ("fired", "total", "top_values", "top_windows")
         moved = {n: getattr(self, n).to(device) for n in tensors}
         return FeatureStatistics(**moved, sequences=self.sequences, tokens=self.tokens,
-                                 finished=self.finished)  # fmt: skip
+                                 finished=self.finished, interrupted=self.interrupted)  # fmt: skip
 
     def update(self, acts: Tensor, windows: Tensor) -> None:
         """Add one chunk: ``acts`` (n, d_sae) float32 and each row's window (n, WINDOW)."""
@@ -220,7 +222,7 @@ def compute_feature_stats(
     seqs = sequences(corpus, tok, context_size, skip=stats.sequences)
     bar = tqdm(total=max_tokens, initial=stats.tokens, unit="tok", unit_scale=True,
                disable=not progress, desc="sae-stats", dynamic_ncols=True)  # fmt: skip
-    finished, cut = True, list[bool]()
+    finished, interrupted, cut = True, False, list[bool]()
     try:
         for batch in batches(seqs, batch_size, max_tokens, stats.tokens, bos, cut):
             width = max(map(len, batch))
@@ -243,13 +245,13 @@ def compute_feature_stats(
             stats.sequences += len(batch)
             bar.update(n)
             if should_stop():
-                finished = False
+                finished, interrupted = False, True
                 break
         else:
             finished = not cut  # else the corpus ended
     finally:
         bar.close()
-    stats.finished = finished
+    stats.finished, stats.interrupted = finished, interrupted
     return stats.to("cpu")
 
 

@@ -206,3 +206,22 @@ def test_a_tokenizer_that_prefixes_every_text_reads_documents_whole():
     corpus = Corpus("t", lambda: iter([Document(text=text)]))
     seqs = list(sequences(corpus, fast, 8, piece_chars=10))
     assert [t for s in seqs for t in s] == [2, 3] * 30
+
+
+@pytest.mark.parametrize("name", ["c.txt", "c.jsonl", "folder/sub/c.txt"])
+def test_a_file_that_is_not_utf8_names_the_file_and_the_byte(tmp_path, name):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    good = '{"text": "caf\u00e9"}\n' if name.endswith(".jsonl") else "caf\u00e9\r\n\r\n"
+    path.write_bytes(good.encode() + b'{"text": "na\xefve"}\n')  # a Latin-1 byte
+    source = tmp_path / "folder" if name.startswith("folder") else path
+    corpus = open_corpus(str(source))
+    offset = len(good.encode()) + len(b'{"text": "na')
+    with pytest.raises(CorpusError) as e:
+        list(corpus.documents())
+    assert str(e.value) == (
+        f"{path}: not UTF-8 text (byte {offset}: invalid continuation byte); "
+        "convert it to UTF-8 (e.g. iconv -t UTF-8)"
+    )
+    path.write_bytes(good.encode())
+    assert [d.text for d in corpus.documents()] == ["caf\u00e9"]  # CRLF read as text mode does

@@ -86,17 +86,16 @@ def read_file(path: Path, text_field: str = "text") -> Iterator[Document]:
     if path.suffix == ".txt":
         yield from _paragraphs(path)
         return
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            if len(line) > MAX_LINE_CHARS:
-                raise CorpusError(f"{path.name}, line {number}: longer than {MAX_LINE_CHARS} chars")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path.name}, line {number}: not JSON ({e.msg})") from None
-            yield document(row, text_field, f"{path.name}, line {number}")
+    for number, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            raise CorpusError(f"{path.name}, line {number}: longer than {MAX_LINE_CHARS} chars")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path.name}, line {number}: not JSON ({e.msg})") from None
+        yield document(row, text_field, f"{path.name}, line {number}")
 
 
 def document(row: Any, text_field: str, where: str) -> Document:
@@ -126,15 +125,31 @@ def document(row: Any, text_field: str, where: str) -> Document:
     )
 
 
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file. Raises ``CorpusError`` naming the file and the byte offset
+    of the first byte that is not UTF-8 (a binary file, or another encoding)."""
+    offset = 0
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(
+                    f"{path}: not UTF-8 text (byte {offset + e.start}: {e.reason}); "
+                    "convert it to UTF-8 (e.g. iconv -t UTF-8)"
+                ) from None
+            offset += len(raw)
+            yield line.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
+
+
 def _paragraphs(path: Path) -> Iterator[Document]:
     lines: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-            elif lines:
-                yield Document(text="\n".join(lines))
-                lines = []
+    for line in _lines(path):
+        if line.strip():
+            lines.append(line.rstrip("\n"))
+        elif lines:
+            yield Document(text="\n".join(lines))
+            lines = []
     if lines:
         yield Document(text="\n".join(lines))
 

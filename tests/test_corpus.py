@@ -225,3 +225,14 @@ def test_a_file_that_is_not_utf8_names_the_file_and_the_byte(tmp_path, name):
     )
     path.write_bytes(good.encode())
     assert [d.text for d in corpus.documents()] == ["caf\u00e9"]  # CRLF read as text mode does
+
+
+def test_no_length_warning_of_transformers_when_cutting_sequences(caplog):
+    tok = tiny_tokenizer()
+    tok.model_max_length = 4  # the documents are longer: sequences() cuts them itself
+    corpus = Corpus("t", lambda: iter([Document(text=" ".join(["cat"] * 9))]))
+    with caplog.at_level("WARNING"):
+        assert [len(s) for s in sequences(corpus, tok, 4)] == [4, 4, 1]
+        assert [r.getMessage() for r in caplog.records] == []
+        tok("cat " * 9)  # what transformers says otherwise
+    assert "Token indices sequence length" in caplog.records[0].getMessage()

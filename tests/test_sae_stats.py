@@ -343,6 +343,32 @@ def test_cli_ctrl_c_keeps_the_live_statistics_and_exits_130(tmp_path, capsys, mo
     assert "stats_complete         True" in text and "stats_corpus_finished  True" in text
 
 
+def test_cli_messages_for_out_context_size_and_counts(tmp_path, capsys):
+    argv = _cli_world(tmp_path)
+    capsys.readouterr()  # the model's saving bars
+    (tmp_path / "taken").write_text("x")
+    bogus = [*argv[:2], "--model", str(tmp_path / "no-model"), *argv[4:]]
+    assert main([*bogus, "--out", str(tmp_path / "taken" / "stats")]) == 1  # before the model
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {tmp_path / 'taken' / 'stats'}: {tmp_path / 'taken'} is a file, not a "
+        "folder (give a folder; it is created when missing)"
+    )
+    for size in ("0", "1"):
+        assert main([*argv, "--context-size", size]) == 1
+        assert capsys.readouterr().err.strip() == f"error: --context-size {size} must be 2 or more"
+    out = ["--out", str(tmp_path / "o"), "--overwrite"]
+    assert main([*argv, *out, "--context-size", "100000", "--json"]) == 0
+    captured = capsys.readouterr()
+    used = json.loads(captured.out)["context_size"]
+    assert 2 <= used < 100000
+    assert captured.err == (
+        f"--context-size 100000 is more than the model's context: using {used} tokens\n"
+    )
+    (tmp_path / "one.txt").write_text("hello\n")
+    assert main([*argv, *out, "--corpus", str(tmp_path / "one.txt")]) == 0
+    assert "1 token in 1 sequence (done)" in capsys.readouterr().out
+
+
 def test_bad_settings_are_refused(tmp_path):
     model = steerable("llama")
     corpus = open_corpus(str(write_corpus(tmp_path / "c.txt")))

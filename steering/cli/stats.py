@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,19 +79,28 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
         raise SteeringError("sae-stats: give the SAE (a folder, file or Hub reference)")
     if not args.corpus:
         raise SteeringError("sae-stats: give the corpus with --corpus (a file, folder or dataset)")
-    for flag in ("context_size", "batch_size", "max_tokens"):
+    for flag, least in (("context_size", 2), ("batch_size", 1), ("max_tokens", 1)):
         value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise SteeringError(f"--{flag.replace('_', '-')} {value} must be 1 or more")
+        if value is not None and value < least:
+            raise SteeringError(f"--{flag.replace('_', '-')} {value} must be {least} or more")
     corpus = open_corpus(args.corpus, text_field=args.text_field, split=args.dataset_split)
     sae = load_sae(args.sae, layer=args.layer)
     path = resolve_sae_path(args.sae)
     out = args.out or _default_out(args.sae, path, feature_files_folder, user_folder)
     check_output(out, resume=args.resume, overwrite=args.overwrite)  # before the model loads
-    model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
-    context = args.context_size or recorded_context_size(path) or DEFAULT_CONTEXT
-    if model.context_length is not None:
-        context = min(context, model.context_length)
+    with _no_loading_bars(args.quiet):
+        model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
+    recorded = recorded_context_size(path)
+    context = args.context_size or recorded or DEFAULT_CONTEXT
+    if model.context_length is not None and context > model.context_length:
+        if args.context_size or recorded:  # the default is quietly the model's context at most
+            asked = "--context-size" if args.context_size else "the SAE's context_size"
+            print(
+                f"{asked} {context} is more than the model's context: using "
+                f"{model.context_length} tokens",
+                file=sys.stderr,
+            )
+        context = model.context_length
     run = run_sae_stats(
         model,
         sae,
@@ -135,6 +146,29 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
         f"{run.tokens_per_s:.0f} tokens/s"
     )
     return code
+
+
+@contextmanager
+def _no_loading_bars(quiet: bool) -> Iterator[None]:
+    """With ``quiet``: no "Loading weights" or download bars of transformers and the Hub
+    while the model loads (their switches are global: set back afterwards)."""
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    bars, hub_bars = (
+        hf_logging.is_progress_bar_enabled(),
+        not hub_utils.are_progress_bars_disabled(),
+    )
+    if quiet:
+        hf_logging.disable_progress_bar()
+        hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet and bars:
+            hf_logging.enable_progress_bar()
+        if quiet and hub_bars:
+            hub_utils.enable_progress_bars()
 
 
 def _count(n: int, noun: str) -> str:

@@ -155,7 +155,15 @@ def run_sae_stats(
 def check_output(out: Path, *, resume: bool = False, overwrite: bool = False) -> None:
     """Raise ``SteeringError`` when ``out`` holds statistics that a run would replace without
     ``overwrite``, or ``resume`` finds no checkpoint there (cheap: run it before the model
-    loads)."""
+    loads). Also when ``out`` or a folder above it is a file."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise SteeringError(
+                    f"--out {out}: {folder} is a file, not a folder (give a folder; "
+                    "it is created when missing)"
+                )
+            break
     if resume:
         if not (out / CHECKPOINT_INFO).is_file() or not (out / CHECKPOINT_TENSORS).is_file():
             raise SteeringError(f"--resume: no checkpoint in {out} ({CHECKPOINT_INFO})")

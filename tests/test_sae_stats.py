@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import random
 import signal
 from pathlib import Path
@@ -183,6 +184,10 @@ def test_a_run_stopped_by_max_tokens_resumes_to_the_uninterrupted_result(tmp_pat
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert ctx_a == ctx_b and meta_a == meta_b and meta_a["complete"] == "true"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (FEATURE_STATS_FILE, FEATURE_CONTEXTS_FILE):  # the same mode, as the umask says
+        assert (tmp_path / "whole" / name).stat().st_mode & 0o777 == 0o666 & ~umask
     assert (meta_a["corpus_finished"], meta_a["max_tokens"]) == ("true", "none")
     assert meta_a["tokens"] == str(whole.stats.tokens) and meta_a["context_size"] == str(CONTEXT)
 

@@ -144,8 +144,10 @@ def run_sae_stats(
     metadata["corpus_finished"] = str(stats.finished).lower()
     metadata["max_tokens"] = "none" if max_tokens is None else str(max_tokens)
     files = (
-        save_feature_stats(
-            out, stats.max_activation, stats.frequency, stats.mean_activation, metadata
+        _umask_mode(
+            save_feature_stats(
+                out, stats.max_activation, stats.frequency, stats.mean_activation, metadata
+            )
         ),
         save_feature_contexts(out, contexts(stats, model.tokenizer), indent=None),
     )
@@ -182,6 +184,7 @@ def save_checkpoint(stats: FeatureStatistics, folder: Path, settings: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {n: getattr(stats, n).contiguous() for n in _STATE}
     save_file(tensors, _partial(folder / CHECKPOINT_TENSORS))
+    _umask_mode(_partial(folder / CHECKPOINT_TENSORS))
     os.replace(_partial(folder / CHECKPOINT_TENSORS), folder / CHECKPOINT_TENSORS)
     info = {"sequences": stats.sequences, "tokens": stats.tokens, "settings": settings}
     _partial(folder / CHECKPOINT_INFO).write_text(json.dumps(info, indent=1) + "\n")
@@ -211,6 +214,15 @@ def load_checkpoint(folder: Path, settings: dict[str, Any]) -> FeatureStatistics
             + "); start again with --overwrite"
         )
     return FeatureStatistics(**state, sequences=sequences, tokens=tokens)
+
+
+def _umask_mode(path: Path) -> Path:
+    """Give ``path`` the mode a new file gets under the umask (as the JSON files have):
+    safetensors writes its files readable by the owner only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+    return path
 
 
 def _partial(path: Path) -> Path:

@@ -374,6 +374,25 @@ def test_cli_messages_for_out_context_size_and_counts(tmp_path, capsys):
     assert "1 token in 1 sequence (done)" in capsys.readouterr().out
 
 
+def test_without_a_terminal_progress_is_a_line_per_interval(tmp_path, capsys):
+    import re
+
+    model = steerable("llama")
+    corpus = open_corpus(str(write_corpus(tmp_path / "c.txt", n=6)))
+    sae = random_sae(64, 96, 1, seed=8)
+    kwargs = dict(context_size=CONTEXT, batch_size=2, top_k=2)
+    stats = compute_feature_stats(model, sae, corpus, max_tokens=10_000, log_every=0, **kwargs)
+    lines = capsys.readouterr().err.splitlines()
+    counted = [re.fullmatch(r"sae-stats: (\d+) of 10000 tokens, (\d+) sequences, \d+ tokens/s", x)
+               for x in lines]  # fmt: skip
+    assert all(counted) and len(lines) == (stats.sequences + 1) // 2  # one per batch
+    assert [int(m.group(2)) for m in counted if m][-1] == stats.sequences
+    assert [int(m.group(1)) for m in counted if m][-1] == stats.tokens
+    compute_feature_stats(model, sae, corpus, log_every=3600, **kwargs)
+    compute_feature_stats(model, sae, corpus, **kwargs)
+    assert capsys.readouterr().err == ""  # none within the hour; none when not asked
+
+
 def test_bad_settings_are_refused(tmp_path):
     model = steerable("llama")
     corpus = open_corpus(str(write_corpus(tmp_path / "c.txt")))

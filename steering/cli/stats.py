@@ -14,6 +14,7 @@ from .serve import add_model_arguments
 
 DEFAULT_CONTEXT = 1024  # tokens per sequence when neither the SAE nor the flag says
 DEMO_SAE = "demo-sae"
+LOG_EVERY_S = 30.0  # seconds between progress lines when stderr is not a terminal
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT)
 
 
@@ -45,7 +46,10 @@ def add_sae_stats_command(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument(
-        "--max-tokens", type=int, help="stop after at most this many tokens (whole batches)"
+        "--max-tokens",
+        type=int,
+        help="count at most this many tokens (whole batches): the statistics of this sample "
+        "are final; --resume with a larger value extends it",
     )
     p.add_argument(
         "--top-k", type=int, default=10, help="top contexts kept per feature (1..20, default 10)"
@@ -54,7 +58,11 @@ def add_sae_stats_command(subparsers: Any) -> None:
     p.add_argument("--layer", type=int, help="the SAE's layer, for files that do not record it")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace statistics already there")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal, else a line every 30 s) and no loading bars",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_sae_stats)
 
@@ -113,6 +121,7 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.quiet and sys.stderr.isatty(),
+        log_every=None if args.quiet else LOG_EVERY_S,  # a line in a log file when no terminal
     )
     summary = {
         "out": str(out),

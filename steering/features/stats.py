@@ -16,6 +16,8 @@ were computed the same way). Activations are the SAE's raw units.
 from __future__ import annotations
 
 import itertools
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +190,7 @@ def compute_feature_stats(
     chunk_tokens: int | None = None,
     start: FeatureStatistics | None = None,
     progress: bool = False,
+    log_every: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> FeatureStatistics:
     """Statistics of ``sae``'s features over ``corpus`` (see the module docstring).
@@ -196,7 +199,9 @@ def compute_feature_stats(
     Stops at the corpus's end (``finished``), before the batch that would pass
     ``max_tokens`` counted tokens, or after the batch during which ``should_stop()`` became
     true. A run continued from ``start`` with the same settings (``batch_size`` included)
-    ends with exactly the statistics of a run that never stopped. Raises ``SteeringError``
+    ends with exactly the statistics of a run that never stopped. ``progress``: a tqdm bar on
+    stderr; ``log_every``: else a plain line on stderr (tokens counted, tokens/s) at most every
+    ``log_every`` seconds, for a log file (nohup, Slurm). Raises ``SteeringError``
     when the SAE does not fit the model or a size is out of range.
     """
     problems = model.fit_problems(sae.hook.layer, sae.d_in)
@@ -223,6 +228,8 @@ def compute_feature_stats(
     bar = tqdm(total=max_tokens, initial=stats.tokens, unit="tok", unit_scale=True,
                disable=not progress, desc="sae-stats", dynamic_ncols=True)  # fmt: skip
     finished, interrupted, cut = True, False, list[bool]()
+    began = logged = time.monotonic()
+    tokens_before = stats.tokens
     try:
         for batch in batches(seqs, batch_size, max_tokens, stats.tokens, bos, cut):
             width = max(map(len, batch))
@@ -244,6 +251,12 @@ def compute_feature_stats(
             stats.tokens += n
             stats.sequences += len(batch)
             bar.update(n)
+            now = time.monotonic()
+            if log_every is not None and not progress and now - logged >= log_every:
+                logged, rate = now, (stats.tokens - tokens_before) / max(now - began, 1e-9)
+                of = f" of {max_tokens}" if max_tokens is not None else ""
+                print(f"sae-stats: {stats.tokens}{of} tokens, {stats.sequences} sequences, "
+                      f"{rate:.0f} tokens/s", file=sys.stderr, flush=True)  # fmt: skip
             if should_stop():
                 finished, interrupted = False, True
                 break

@@ -88,6 +88,7 @@ def run_sae_stats(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    log_every: float | None = None,
 ) -> StatsRun:
     """Compute the statistics of ``sae`` over ``corpus`` and write them to ``out`` (see the
     module docstring). Raises ``SteeringError`` when statistics already there would be
@@ -118,6 +119,7 @@ def run_sae_stats(
             max_tokens=max_tokens,
             start=start,
             progress=progress,
+            log_every=log_every,
             should_stop=stopped.is_set,
         )
     seconds = time.perf_counter() - began

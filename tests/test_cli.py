@@ -136,6 +136,11 @@ def test_sae_info(files, capsys):
         "frequency_median": float(f"{float(sae.frequency.median()):.4g}"),
         "dead_features": 0,
         "contexts": 0,
+        "stats_tokens": None,  # the fixture's file records no sae-stats run
+        "stats_corpus": None,
+        "stats_complete": None,
+        "stats_corpus_finished": None,
+        "stats_max_tokens": None,
     }
 
 

@@ -19,6 +19,8 @@ from steering.features.corpus import (
     demo_corpus,
     open_corpus,
     sequences,
+    splits_cleanly,
+    text_pieces,
     token_ids,
 )
 
@@ -140,7 +142,7 @@ def test_sequences_cut_long_documents_and_repeat_the_bos():
     seqs = list(sequences(corpus, tok, 4))
     assert seqs == [[bos, cat, cat, cat], [bos, cat, cat, cat], [bos, cat], [dog, sea]]
     assert list(sequences(corpus, tok, 4, skip=2)) == seqs[2:]
-    with pytest.raises(CorpusError, match="context size 1 is too small"):
+    with pytest.raises(CorpusError, match="context size 1 must be 2 or more"):
         list(sequences(corpus, tok, 1))
 
 
@@ -152,3 +154,85 @@ def test_the_demo_corpus_is_the_demo_sae_training_text():
     assert [d.text for d in corpus.documents()] == [dialogue_text(c.turns) for c in chats]
     assert chats[0].turns and next(corpus.documents()).text.startswith("<bos>")
     assert corpus.add_special_tokens is False
+
+
+def test_text_pieces_join_to_the_text_and_cut_before_a_word():
+    text = "the cat  sat\n\n on a mat"
+    assert list(text_pieces(text, 10)) == ["the cat ", " sat\n\n on", " a mat"]
+    assert list(text_pieces("abcdefghij kl", 4)) == ["abcd", "efgh", "ij", " kl"]
+    assert list(text_pieces("short", 10)) == ["short"]
+    for size in (1, 3, 7, 50):
+        assert "".join(text_pieces(text, size)) == text
+
+
+def test_a_long_document_is_tokenized_in_pieces_to_the_same_sequences():
+    from tiny_tokenizers import byte_level_tokenizer
+
+    from steering.features.corpus import token_pieces
+
+    rng = __import__("random").Random(3)
+    words = "the golden gate bridge in the fog café au lait\n".split(" ")
+    text = " ".join(rng.choice(words) for _ in range(400))
+    corpus = Corpus("t", lambda: iter([Document(text=text), Document(text="fog")]))
+    for tok in (tiny_tokenizer(), byte_level_tokenizer()):
+        assert splits_cleanly(tok)
+        whole = list(sequences(corpus, tok, 16, piece_chars=10**9))
+        for chars in (16, 37, 200):  # room for a word start in every piece
+            assert list(sequences(corpus, tok, 16, piece_chars=chars)) == whole
+            assert list(sequences(corpus, tok, 16, skip=7, piece_chars=chars)) == whole[7:]
+        pieces = list(token_pieces(tok, Document(text=text), True, 100))
+        assert len(pieces) > 15 and [t for p in pieces for t in p] == token_ids(
+            tok, Document(text=text)
+        )
+
+
+def test_a_tokenizer_that_prefixes_every_text_reads_documents_whole():
+    """A SentencePiece-style tokenizer that adds a prefix space to every text (as Llama 2's
+    does) would split a word at each piece: its documents are tokenized whole."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {
+        w: i for i, w in enumerate(["<unk>", "\u2581", "\u2581the", "\u2581cat", "\u2581\u2581"])
+    }
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    assert not splits_cleanly(fast)
+    text = " ".join(["the cat"] * 30)
+    corpus = Corpus("t", lambda: iter([Document(text=text)]))
+    seqs = list(sequences(corpus, fast, 8, piece_chars=10))
+    assert [t for s in seqs for t in s] == [2, 3] * 30
+
+
+@pytest.mark.parametrize("name", ["c.txt", "c.jsonl", "folder/sub/c.txt"])
+def test_a_file_that_is_not_utf8_names_the_file_and_the_byte(tmp_path, name):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    good = '{"text": "caf\u00e9"}\n' if name.endswith(".jsonl") else "caf\u00e9\r\n\r\n"
+    path.write_bytes(good.encode() + b'{"text": "na\xefve"}\n')  # a Latin-1 byte
+    source = tmp_path / "folder" if name.startswith("folder") else path
+    corpus = open_corpus(str(source))
+    offset = len(good.encode()) + len(b'{"text": "na')
+    with pytest.raises(CorpusError) as e:
+        list(corpus.documents())
+    assert str(e.value) == (
+        f"{path}: not UTF-8 text (byte {offset}: invalid continuation byte); "
+        "convert it to UTF-8 (e.g. iconv -t UTF-8)"
+    )
+    path.write_bytes(good.encode())
+    assert [d.text for d in corpus.documents()] == ["caf\u00e9"]  # CRLF read as text mode does
+
+
+def test_no_length_warning_of_transformers_when_cutting_sequences(caplog):
+    tok = tiny_tokenizer()
+    tok.model_max_length = 4  # the documents are longer: sequences() cuts them itself
+    corpus = Corpus("t", lambda: iter([Document(text=" ".join(["cat"] * 9))]))
+    with caplog.at_level("WARNING"):
+        assert [len(s) for s in sequences(corpus, tok, 4)] == [4, 4, 1]
+        assert [r.getMessage() for r in caplog.records] == []
+        tok("cat " * 9)  # what transformers says otherwise
+    assert "Token indices sequence length" in caplog.records[0].getMessage()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import random
 import signal
 from pathlib import Path
@@ -23,7 +24,7 @@ from steering.errors import SteeringError
 from steering.features import stats as stats_mod
 from steering.features.corpus import Corpus, Document, demo_corpus, open_corpus, sequences
 from steering.features.stats import LEFT, NO_TOKEN, WINDOW, compute_feature_stats
-from steering.features.stats_run import CHECKPOINT_INFO, run_sae_stats
+from steering.features.stats_run import CHECKPOINT_INFO, CHECKPOINT_TENSORS, run_sae_stats
 from steering.formats import FEATURE_CONTEXTS_FILE, FEATURE_STATS_FILE, load_sae
 from steering.formats.feature_files import user_folder
 from steering.formats.writer import save_sae
@@ -158,9 +159,15 @@ def test_a_run_stopped_by_max_tokens_resumes_to_the_uninterrupted_result(tmp_pat
     whole = run_sae_stats(model, sae, corpus, tmp_path / "whole", **kwargs)
     assert whole.complete and not (tmp_path / "whole" / CHECKPOINT_INFO).exists()
     part = run_sae_stats(model, sae, corpus, tmp_path / "part", max_tokens=100, **kwargs)
-    assert not part.complete and 0 < part.stats.tokens <= 100
-    assert (tmp_path / "part" / CHECKPOINT_INFO).is_file()
-    assert _files(tmp_path / "part")[1]["complete"] == "false"
+    assert part.complete and not part.corpus_finished and 0 < part.stats.tokens <= 100
+    assert (tmp_path / "part" / CHECKPOINT_INFO).is_file()  # to extend the sample
+    meta = _files(tmp_path / "part")[1]  # a deliberate sample: final statistics
+    assert (meta["complete"], meta["corpus_finished"], meta["max_tokens"]) == (
+        "true",
+        "false",
+        "100",
+    )
+    assert meta["tokens"] == str(part.stats.tokens)
     with pytest.raises(SteeringError, match="--overwrite"):
         run_sae_stats(model, sae, corpus, tmp_path / "part", **kwargs)
     with pytest.raises(SteeringError, match="top_k: 6 then, 5 now"):
@@ -168,7 +175,7 @@ def test_a_run_stopped_by_max_tokens_resumes_to_the_uninterrupted_result(tmp_pat
     more = run_sae_stats(
         model, sae, corpus, tmp_path / "part", max_tokens=250, resume=True, **kwargs
     )
-    assert 100 < more.stats.tokens <= 250 and not more.complete
+    assert 100 < more.stats.tokens <= 250 and more.complete and not more.corpus_finished
     done = run_sae_stats(model, sae, corpus, tmp_path / "part", resume=True, **kwargs)
     assert done.complete and not (tmp_path / "part" / CHECKPOINT_INFO).exists()
     a, meta_a, ctx_a = _files(tmp_path / "whole")
@@ -177,6 +184,11 @@ def test_a_run_stopped_by_max_tokens_resumes_to_the_uninterrupted_result(tmp_pat
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert ctx_a == ctx_b and meta_a == meta_b and meta_a["complete"] == "true"
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (FEATURE_STATS_FILE, FEATURE_CONTEXTS_FILE):  # the same mode, as the umask says
+        assert (tmp_path / "whole" / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (meta_a["corpus_finished"], meta_a["max_tokens"]) == ("true", "none")
     assert meta_a["tokens"] == str(whole.stats.tokens) and meta_a["context_size"] == str(CONTEXT)
 
 
@@ -193,9 +205,16 @@ def test_ctrl_c_stops_after_the_batch_and_resumes_to_the_same_result(tmp_path):
 
     corpus = Corpus(base.description, interrupted)
     kwargs = dict(context_size=CONTEXT, batch_size=2, top_k=3)
-    stopped = run_sae_stats(model, sae, corpus, tmp_path / "a", **kwargs)
-    assert not stopped.complete and 0 < stopped.stats.sequences < 20
+    live = run_sae_stats(model, sae, base, tmp_path / "a", max_tokens=60, **kwargs)
+    before = {
+        n: (tmp_path / "a" / n).read_bytes() for n in (FEATURE_STATS_FILE, FEATURE_CONTEXTS_FILE)
+    }
+    stopped = run_sae_stats(model, sae, corpus, tmp_path / "a", overwrite=True, **kwargs)
+    assert not stopped.complete and live.stats.sequences < stopped.stats.sequences < 20
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [f.name for f in stopped.files] == [CHECKPOINT_TENSORS, CHECKPOINT_INFO]
+    after = {n: (tmp_path / "a" / n).read_bytes() for n in before}
+    assert after == before  # the live statistics that load_sae reads are left alone
     done = run_sae_stats(model, sae, base, tmp_path / "a", resume=True, **kwargs)
     whole = run_sae_stats(model, sae, base, tmp_path / "b", **kwargs)
     assert done.complete and done.stats.tokens == whole.stats.tokens
@@ -265,10 +284,113 @@ def test_cli_demo_world_writes_to_the_users_folder_never_the_shipped_files(capsy
         assert main(argv) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["out"] == str(user_folder("demo-sae"))
-        assert not summary["complete"] and summary["tokens"] <= 1500
+        assert summary["complete"] and not summary["corpus_finished"]
+        assert summary["tokens"] <= 1500
     assert digest() == before
     written = _files(user_folder("demo-sae"))[0]["max_activation"]
     assert torch.equal(load_sae("demo-sae").max_activation, written)
+
+
+def _cli_world(tmp_path: Path) -> list[str]:
+    """A saved tiny model, a local SAE and a corpus: the sae-stats command line for them."""
+    net, tok = tiny_model("llama"), tiny_tokenizer()
+    net.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    sae_dir = save_sae(random_sae(64, 96, 1, seed=7, max_activation=None), tmp_path / "sae")
+    corpus = write_corpus(tmp_path / "c.txt", n=12)
+    argv = ["sae-stats", str(sae_dir), "--model", str(tmp_path / "model"), "--corpus", str(corpus)]
+    return argv + ["--context-size", str(CONTEXT), "--quiet", "--batch-size", "2"]
+
+
+def test_cli_ctrl_c_keeps_the_live_statistics_and_exits_130(tmp_path, capsys, monkeypatch):
+    import steering.features.corpus as corpus_mod
+
+    argv = _cli_world(tmp_path)
+    sae_dir = Path(argv[1])
+    assert main([*argv, "--max-tokens", "60"]) == 0  # a sample: final statistics
+    out = capsys.readouterr().out
+    assert "cut at --max-tokens 60" in out
+    assert main(["sae-info", str(sae_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    tokens = int(_files(sae_dir)[1]["tokens"])
+    assert 0 < tokens <= 60
+    assert {k: v for k, v in info.items() if k.startswith("stats_")} == {
+        "stats_tokens": tokens,
+        "stats_corpus": "file c.txt",
+        "stats_complete": True,
+        "stats_corpus_finished": False,
+        "stats_max_tokens": 60,
+    }
+    live = load_sae(sae_dir).max_activation
+    opened = corpus_mod.open_corpus
+
+    def stopping(*args, **kwargs):  # Ctrl-C while the 6th document is read
+        base = opened(*args, **kwargs)
+
+        def documents():
+            for i, doc in enumerate(base.documents()):
+                if i == 5:
+                    signal.raise_signal(signal.SIGINT)
+                yield doc
+
+        return Corpus(base.description, documents)
+
+    monkeypatch.setattr(corpus_mod, "open_corpus", stopping)
+    assert main([*argv, "--overwrite"]) == 130
+    captured = capsys.readouterr()
+    assert f"continue with --resume --out {sae_dir}" in captured.err
+    assert torch.equal(load_sae(sae_dir).max_activation, live)  # unchanged
+    monkeypatch.setattr(corpus_mod, "open_corpus", opened)
+    assert main([*argv, "--resume"]) == 0
+    assert "(done)" in capsys.readouterr().out
+    assert main(["sae-info", str(sae_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "stats_complete         True" in text and "stats_corpus_finished  True" in text
+
+
+def test_cli_messages_for_out_context_size_and_counts(tmp_path, capsys):
+    argv = _cli_world(tmp_path)
+    capsys.readouterr()  # the model's saving bars
+    (tmp_path / "taken").write_text("x")
+    bogus = [*argv[:2], "--model", str(tmp_path / "no-model"), *argv[4:]]
+    assert main([*bogus, "--out", str(tmp_path / "taken" / "stats")]) == 1  # before the model
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {tmp_path / 'taken' / 'stats'}: {tmp_path / 'taken'} is a file, not a "
+        "folder (give a folder; it is created when missing)"
+    )
+    for size in ("0", "1"):
+        assert main([*argv, "--context-size", size]) == 1
+        assert capsys.readouterr().err.strip() == f"error: --context-size {size} must be 2 or more"
+    out = ["--out", str(tmp_path / "o"), "--overwrite"]
+    assert main([*argv, *out, "--context-size", "100000", "--json"]) == 0
+    captured = capsys.readouterr()
+    used = json.loads(captured.out)["context_size"]
+    assert 2 <= used < 100000
+    assert captured.err == (
+        f"--context-size 100000 is more than the model's context: using {used} tokens\n"
+    )
+    (tmp_path / "one.txt").write_text("hello\n")
+    assert main([*argv, *out, "--corpus", str(tmp_path / "one.txt")]) == 0
+    assert "1 token in 1 sequence (done)" in capsys.readouterr().out
+
+
+def test_without_a_terminal_progress_is_a_line_per_interval(tmp_path, capsys):
+    import re
+
+    model = steerable("llama")
+    corpus = open_corpus(str(write_corpus(tmp_path / "c.txt", n=6)))
+    sae = random_sae(64, 96, 1, seed=8)
+    kwargs = dict(context_size=CONTEXT, batch_size=2, top_k=2)
+    stats = compute_feature_stats(model, sae, corpus, max_tokens=10_000, log_every=0, **kwargs)
+    lines = capsys.readouterr().err.splitlines()
+    counted = [re.fullmatch(r"sae-stats: (\d+) of 10000 tokens, (\d+) sequences, \d+ tokens/s", x)
+               for x in lines]  # fmt: skip
+    assert all(counted) and len(lines) == (stats.sequences + 1) // 2  # one per batch
+    assert [int(m.group(2)) for m in counted if m][-1] == stats.sequences
+    assert [int(m.group(1)) for m in counted if m][-1] == stats.tokens
+    compute_feature_stats(model, sae, corpus, log_every=3600, **kwargs)
+    compute_feature_stats(model, sae, corpus, **kwargs)
+    assert capsys.readouterr().err == ""  # none within the hour; none when not asked
 
 
 def test_bad_settings_are_refused(tmp_path):
@@ -281,7 +403,9 @@ def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(SteeringError, match="no checkpoint"):
         run_sae_stats(model, random_sae(64, 8, 1), corpus, tmp_path, context_size=8, resume=True)
     empty = Corpus("nothing", lambda: iter([Document(text="")]))
-    with pytest.raises(SteeringError, match="no token was counted"):
+    with pytest.raises(
+        SteeringError, match=r"no token was counted: the corpus \(nothing\) is empty$"
+    ):
         run_sae_stats(model, random_sae(64, 8, 1), empty, tmp_path / "e", context_size=8)
     assert main(["sae-stats", "--max-tokens", "0"]) == 1
     assert stats_mod.default_chunk(1 << 30) == 1 and stats_mod.default_chunk(16) == 4096

@@ -199,6 +199,8 @@ def cmd_sae_info(args: argparse.Namespace) -> int:
         "neuronpedia_id": sae.neuronpedia_id or record.get("neuronpedia_id"),
         **_feature_facts(sae, record),
     }
+    if sae.max_activation is not None:
+        facts |= _stats_facts(_stats_metadata(sae.source))
     if args.json:
         print(json.dumps(facts))
     else:
@@ -239,3 +241,42 @@ def _feature_facts(sae: Any, record: dict[str, Any]) -> dict[str, Any]:
         facts["dead_features"] = int(dead.sum())
     facts["contexts"] = len(sae.contexts)
     return facts
+
+
+def _stats_metadata(source: str) -> dict[str, str]:
+    """The metadata of the ``feature_stats.safetensors`` that ``load_sae`` reads for ``source``
+    (the user's folder wins over the SAE's own, as in ``formats.load_sae``); {} when none."""
+    from safetensors import safe_open
+
+    from ..formats import FEATURE_STATS_FILE, detect_format
+    from ..formats.feature_files import user_folder
+    from ..hub import resolve_sae_path
+
+    _, target = detect_format(resolve_sae_path(source))
+    folders = [target if target.is_dir() else target.parent, user_folder(source)]
+    files = [f / FEATURE_STATS_FILE for f in folders if f is not None]
+    files = [f for f in files if f.is_file()]
+    if not files:
+        return {}
+    with safe_open(files[-1], "pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _stats_facts(metadata: dict[str, str]) -> dict[str, Any]:
+    """What ``sae-stats`` recorded: tokens counted, the corpus, whether the statistics are
+    final (``complete``) and whether the corpus ended (else it was cut at ``max_tokens``);
+    None where the file does not say (written by another tool)."""
+
+    def flag(key: str) -> bool | None:
+        value = metadata.get(key)
+        return None if value not in ("true", "false") else value == "true"
+
+    tokens = metadata.get("tokens", "")
+    max_tokens = metadata.get("max_tokens", "none")
+    return {
+        "stats_tokens": int(tokens) if tokens.isdigit() else None,
+        "stats_corpus": metadata.get("corpus"),
+        "stats_complete": flag("complete"),
+        "stats_corpus_finished": flag("corpus_finished"),
+        "stats_max_tokens": int(max_tokens) if max_tokens.isdigit() else None,
+    }

@@ -20,6 +20,7 @@ tokenizes them and cuts each into sequences of at most ``context_size`` tokens.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from ..errors import SteeringError
 DEMO = "demo"
 SUFFIXES = (".txt", ".jsonl")
 MAX_LINE_CHARS = 10_000_000  # one JSONL line (a document) at most
+PIECE_CHARS = 100_000  # characters of a document tokenized at once (~25k tokens)
+_WORD_START = re.compile(r"\s(?=\S)")  # the whitespace before a word: where a piece is cut
 
 
 class CorpusError(SteeringError):
@@ -83,17 +86,16 @@ def read_file(path: Path, text_field: str = "text") -> Iterator[Document]:
     if path.suffix == ".txt":
         yield from _paragraphs(path)
         return
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            if len(line) > MAX_LINE_CHARS:
-                raise CorpusError(f"{path.name}, line {number}: longer than {MAX_LINE_CHARS} chars")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path.name}, line {number}: not JSON ({e.msg})") from None
-            yield document(row, text_field, f"{path.name}, line {number}")
+    for number, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            raise CorpusError(f"{path.name}, line {number}: longer than {MAX_LINE_CHARS} chars")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path.name}, line {number}: not JSON ({e.msg})") from None
+        yield document(row, text_field, f"{path.name}, line {number}")
 
 
 def document(row: Any, text_field: str, where: str) -> Document:
@@ -123,15 +125,31 @@ def document(row: Any, text_field: str, where: str) -> Document:
     )
 
 
+def _lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file. Raises ``CorpusError`` naming the file and the byte offset
+    of the first byte that is not UTF-8 (a binary file, or another encoding)."""
+    offset = 0
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(
+                    f"{path}: not UTF-8 text (byte {offset + e.start}: {e.reason}); "
+                    "convert it to UTF-8 (e.g. iconv -t UTF-8)"
+                ) from None
+            offset += len(raw)
+            yield line.replace("\r\n", "\n").replace("\r", "\n")  # as text mode reads it
+
+
 def _paragraphs(path: Path) -> Iterator[Document]:
     lines: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-            elif lines:
-                yield Document(text="\n".join(lines))
-                lines = []
+    for line in _lines(path):
+        if line.strip():
+            lines.append(line.rstrip("\n"))
+        elif lines:
+            yield Document(text="\n".join(lines))
+            lines = []
     if lines:
         yield Document(text="\n".join(lines))
 
@@ -178,34 +196,94 @@ def hf_corpus(dataset_id: str, *, text_field: str = "text", split: str = "train"
     return Corpus(f"dataset {dataset_id} ({split})", documents)
 
 
-def token_ids(tokenizer: Any, doc: Document, add_special_tokens: bool = True) -> list[int]:
-    """The token ids of ``doc``: a text as the tokenizer reads it, a chat as its chat template
-    renders it (tokenized without adding special tokens: the template writes them)."""
+def text_pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``size`` characters (``"".join`` gives it
+    back), each but the last cut just before the whitespace that precedes a word (where a
+    byte-level BPE or a whitespace-split tokenizer starts a token anyway); a run of more than
+    ``size`` characters without such a place is cut at ``size``."""
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        cut = None
+        for match in _WORD_START.finditer(text, start + 1, end + 1):
+            cut = match.start()
+        cut = cut or end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def splits_cleanly(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` gives the same ids for a text as for its ``text_pieces`` joined
+    (False for a SentencePiece tokenizer that adds a prefix space to every text: then a
+    document is tokenized whole)."""
+    probe = ("hello world, the cat.", " the dog\n\n is big")
+    whole = tokenizer("".join(probe), add_special_tokens=False, verbose=False)["input_ids"]
+    parts = [tokenizer(p, add_special_tokens=False, verbose=False)["input_ids"] for p in probe]
+    return list(whole) == [t for ids in parts for t in ids]
+
+
+def token_pieces(
+    tokenizer: Any, doc: Document, add_special_tokens: bool = True, piece_chars: int | None = None
+) -> Iterator[list[int]]:
+    """The token ids of ``doc`` in pieces, ``text_pieces`` of ``piece_chars`` characters each
+    (None: the whole text at once), so that a long document never holds more than one piece's
+    tokenization in memory: a text as the tokenizer reads it (special tokens on the first
+    piece only), a chat as its chat template renders it (tokenized without adding special
+    tokens: the template writes them). The length warning of transformers is left out: the
+    caller cuts the ids into sequences itself."""
     if doc.text is not None:
-        return list(tokenizer(doc.text, add_special_tokens=add_special_tokens)["input_ids"])
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise CorpusError("a 'messages' document needs a tokenizer with a chat template")
-    text = tokenizer.apply_chat_template(list(doc.messages or ()), tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        text, special = doc.text, add_special_tokens
+    else:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise CorpusError("a 'messages' document needs a tokenizer with a chat template")
+        text = tokenizer.apply_chat_template(list(doc.messages or ()), tokenize=False)
+        special = False
+    pieces = text_pieces(text, piece_chars) if piece_chars else iter([text])
+    for i, piece in enumerate(pieces):
+        ids = tokenizer(piece, add_special_tokens=special and i == 0, verbose=False)
+        yield list(ids["input_ids"])
+
+
+def token_ids(tokenizer: Any, doc: Document, add_special_tokens: bool = True) -> list[int]:
+    """The token ids of ``doc``, tokenized at once (see ``token_pieces``)."""
+    return next(token_pieces(tokenizer, doc, add_special_tokens))
 
 
 def sequences(
-    corpus: Corpus, tokenizer: Any, context_size: int, skip: int = 0
+    corpus: Corpus,
+    tokenizer: Any,
+    context_size: int,
+    skip: int = 0,
+    piece_chars: int = PIECE_CHARS,
 ) -> Iterator[list[int]]:
     """The corpus as token sequences of at most ``context_size`` ids, after the first ``skip``.
 
     A longer document is cut into consecutive pieces; when the tokenizer starts a document with
-    its BOS, every piece starts with it (as SAELens' training contexts do).
+    its BOS, every piece starts with it (as SAELens' training contexts do). A document is
+    tokenized ``piece_chars`` characters at a time (when the tokenizer ``splits_cleanly``), and
+    only as far as the sequences are read: memory does not grow with a document's length.
     """
     if context_size < 2:
-        raise CorpusError(f"context size {context_size} is too small: use 2 or more")
+        raise CorpusError(f"context size {context_size} must be 2 or more")
     bos = getattr(tokenizer, "bos_token_id", None)
+    chars = piece_chars if splits_cleanly(tokenizer) else None
     count = 0
     for doc in corpus.documents():
-        ids = token_ids(tokenizer, doc, corpus.add_special_tokens)
-        head = ids[:1] if ids and bos is not None and ids[0] == bos else []
-        body, step = ids[len(head) :], context_size - len(head)
-        for start in range(0, len(body), step):
+        head: list[int] | None = None
+        body: list[int] = []
+        for ids in token_pieces(tokenizer, doc, corpus.add_special_tokens, chars):
+            if head is None:
+                head = ids[:1] if ids and bos is not None and ids[0] == bos else []
+                ids = ids[len(head) :]
+            body.extend(ids)
+            step = context_size - len(head)
+            while len(body) > step:  # the last piece may still grow: keep it
+                if count >= skip:
+                    yield head + body[:step]
+                count += 1
+                del body[:step]
+        if body:
             if count >= skip:
-                yield head + body[start : start + step]
+                yield (head or []) + body
             count += 1

@@ -16,6 +16,8 @@ were computed the same way). Activations are the SAE's raw units.
 from __future__ import annotations
 
 import itertools
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,7 +49,8 @@ class FeatureStatistics:
     of activations; ``top_values`` (d_sae, top_k) float32: the largest activations, best first
     (0: no entry); ``top_windows`` (d_sae, top_k, WINDOW) int32: the token ids around each, the
     activating token at index ``LEFT`` (``NO_TOKEN`` outside the sequence). ``sequences``:
-    sequences of the corpus done; ``tokens``: tokens counted; ``finished``: the corpus ended.
+    sequences of the corpus done; ``tokens``: tokens counted; ``finished``: the corpus ended;
+    ``interrupted``: ``should_stop`` stopped the run (else ``max_tokens`` or the corpus's end).
     """
 
     fired: Tensor
@@ -57,6 +60,7 @@ class FeatureStatistics:
     sequences: int = 0
     tokens: int = 0
     finished: bool = False
+    interrupted: bool = False
 
     @classmethod
     def empty(cls, d_sae: int, top_k: int, device: torch.device | str = "cpu") -> FeatureStatistics:
@@ -88,7 +92,7 @@ class FeatureStatistics:
         tensors = ("fired", "total", "top_values", "top_windows")
         moved = {n: getattr(self, n).to(device) for n in tensors}
         return FeatureStatistics(**moved, sequences=self.sequences, tokens=self.tokens,
-                                 finished=self.finished)  # fmt: skip
+                                 finished=self.finished, interrupted=self.interrupted)  # fmt: skip
 
     def update(self, acts: Tensor, windows: Tensor) -> None:
         """Add one chunk: ``acts`` (n, d_sae) float32 and each row's window (n, WINDOW)."""
@@ -186,6 +190,7 @@ def compute_feature_stats(
     chunk_tokens: int | None = None,
     start: FeatureStatistics | None = None,
     progress: bool = False,
+    log_every: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> FeatureStatistics:
     """Statistics of ``sae``'s features over ``corpus`` (see the module docstring).
@@ -194,7 +199,9 @@ def compute_feature_stats(
     Stops at the corpus's end (``finished``), before the batch that would pass
     ``max_tokens`` counted tokens, or after the batch during which ``should_stop()`` became
     true. A run continued from ``start`` with the same settings (``batch_size`` included)
-    ends with exactly the statistics of a run that never stopped. Raises ``SteeringError``
+    ends with exactly the statistics of a run that never stopped. ``progress``: a tqdm bar on
+    stderr; ``log_every``: else a plain line on stderr (tokens counted, tokens/s) at most every
+    ``log_every`` seconds, for a log file (nohup, Slurm). Raises ``SteeringError``
     when the SAE does not fit the model or a size is out of range.
     """
     problems = model.fit_problems(sae.hook.layer, sae.d_in)
@@ -220,7 +227,9 @@ def compute_feature_stats(
     seqs = sequences(corpus, tok, context_size, skip=stats.sequences)
     bar = tqdm(total=max_tokens, initial=stats.tokens, unit="tok", unit_scale=True,
                disable=not progress, desc="sae-stats", dynamic_ncols=True)  # fmt: skip
-    finished, cut = True, list[bool]()
+    finished, interrupted, cut = True, False, list[bool]()
+    began = logged = time.monotonic()
+    tokens_before = stats.tokens
     try:
         for batch in batches(seqs, batch_size, max_tokens, stats.tokens, bos, cut):
             width = max(map(len, batch))
@@ -242,14 +251,20 @@ def compute_feature_stats(
             stats.tokens += n
             stats.sequences += len(batch)
             bar.update(n)
+            now = time.monotonic()
+            if log_every is not None and not progress and now - logged >= log_every:
+                logged, rate = now, (stats.tokens - tokens_before) / max(now - began, 1e-9)
+                of = f" of {max_tokens}" if max_tokens is not None else ""
+                print(f"sae-stats: {stats.tokens}{of} tokens, {stats.sequences} sequences, "
+                      f"{rate:.0f} tokens/s", file=sys.stderr, flush=True)  # fmt: skip
             if should_stop():
-                finished = False
+                finished, interrupted = False, True
                 break
         else:
             finished = not cut  # else the corpus ended
     finally:
         bar.close()
-    stats.finished = finished
+    stats.finished, stats.interrupted = finished, interrupted
     return stats.to("cpu")
 
 

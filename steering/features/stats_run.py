@@ -5,15 +5,21 @@ Files written to the output folder (by default the SAE's own folder of feature f
 
 - ``feature_stats.safetensors``: ``max_activation``, ``frequency`` and ``mean_activation``
   (each (d_sae,) float32; see ``stats.FeatureStatistics``), with metadata strings: ``tokens``,
-  ``sequences``, ``corpus``, ``model``, ``sae``, ``context_size``, ``top_k``, ``complete``;
+  ``sequences``, ``corpus``, ``model``, ``sae``, ``context_size``, ``top_k``, ``complete``
+  (``"true"``: final statistics), ``corpus_finished`` (``"false"``: the corpus was cut at
+  ``max_tokens``) and ``max_tokens`` (``"none"`` when not given);
 - ``feature_contexts.json``: each feature's top activating contexts, in the layout
   ``load_sae`` reads (``formats._read_contexts``);
 - while the corpus is not finished (Ctrl-C, ``max_tokens``): a checkpoint,
   ``feature_stats.checkpoint.safetensors`` (the running tensors) and
   ``feature_stats.checkpoint.json`` (sequences done, tokens counted, the run's settings).
   ``resume=True`` continues from it; the final statistics equal those of a run that never
-  stopped. The statistics files are written at every stop too, from the tokens counted so far
-  (``complete: false``). The checkpoint is removed once the corpus is done.
+  stopped. The checkpoint is removed once the corpus is done.
+
+Reaching ``max_tokens`` is a deliberate sample: its statistics are final and written (and a
+checkpoint is kept, so that ``resume`` can extend the sample). A Ctrl-C (``should_stop``) writes
+the checkpoint only: the statistics files already there, which ``load_sae`` uses, stay as they
+were until a resumed run finishes.
 """
 
 from __future__ import annotations
@@ -47,14 +53,17 @@ _STATE = ("fired", "total", "top_values", "top_windows")
 
 @dataclass(frozen=True)
 class StatsRun:
-    """What a run did: the statistics, the files written, whether the corpus is done
-    (``complete``; else a checkpoint was left to resume from) and the wall seconds."""
+    """What a run did: the statistics, the files written, whether they are final
+    (``complete``: the corpus ended or ``max_tokens`` was reached; False after a Ctrl-C, when
+    only the checkpoint was written), whether the corpus ended (``corpus_finished``) and the
+    wall seconds."""
 
     stats: FeatureStatistics
     files: tuple[Path, ...]
     complete: bool
     seconds: float
     tokens_this_run: int
+    corpus_finished: bool = True
 
     @property
     def dead(self) -> int:
@@ -79,6 +88,7 @@ def run_sae_stats(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    log_every: float | None = None,
 ) -> StatsRun:
     """Compute the statistics of ``sae`` over ``corpus`` and write them to ``out`` (see the
     module docstring). Raises ``SteeringError`` when statistics already there would be
@@ -109,36 +119,55 @@ def run_sae_stats(
             max_tokens=max_tokens,
             start=start,
             progress=progress,
+            log_every=log_every,
             should_stop=stopped.is_set,
         )
     seconds = time.perf_counter() - began
     if stats.tokens == 0:
+        if max_tokens is None:
+            raise SteeringError(f"no token was counted: the corpus ({corpus.description}) is empty")
         raise SteeringError(
             "no token was counted: the corpus is empty, or its first batch holds more than "
             f"--max-tokens {max_tokens} tokens (lower --batch-size)"
         )
     out.mkdir(parents=True, exist_ok=True)
+    tokens_this_run = stats.tokens - tokens_before
     if stats.finished:
         for name in (CHECKPOINT_TENSORS, CHECKPOINT_INFO):
             (out / name).unlink(missing_ok=True)
     else:
         save_checkpoint(stats, out, settings)
+        if stats.interrupted:  # the live statistics stay as they were
+            files = (out / CHECKPOINT_TENSORS, out / CHECKPOINT_INFO)
+            return StatsRun(stats, files, False, seconds, tokens_this_run, False)
     metadata = {k: str(v) for k, v in settings.items()}
     metadata |= {"tokens": str(stats.tokens), "sequences": str(stats.sequences)}
-    metadata["complete"] = str(stats.finished).lower()
+    metadata["complete"] = "true"
+    metadata["corpus_finished"] = str(stats.finished).lower()
+    metadata["max_tokens"] = "none" if max_tokens is None else str(max_tokens)
     files = (
-        save_feature_stats(
-            out, stats.max_activation, stats.frequency, stats.mean_activation, metadata
+        _umask_mode(
+            save_feature_stats(
+                out, stats.max_activation, stats.frequency, stats.mean_activation, metadata
+            )
         ),
         save_feature_contexts(out, contexts(stats, model.tokenizer), indent=None),
     )
-    return StatsRun(stats, files, stats.finished, seconds, stats.tokens - tokens_before)
+    return StatsRun(stats, files, True, seconds, tokens_this_run, stats.finished)
 
 
 def check_output(out: Path, *, resume: bool = False, overwrite: bool = False) -> None:
     """Raise ``SteeringError`` when ``out`` holds statistics that a run would replace without
     ``overwrite``, or ``resume`` finds no checkpoint there (cheap: run it before the model
-    loads)."""
+    loads). Also when ``out`` or a folder above it is a file."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise SteeringError(
+                    f"--out {out}: {folder} is a file, not a folder (give a folder; "
+                    "it is created when missing)"
+                )
+            break
     if resume:
         if not (out / CHECKPOINT_INFO).is_file() or not (out / CHECKPOINT_TENSORS).is_file():
             raise SteeringError(f"--resume: no checkpoint in {out} ({CHECKPOINT_INFO})")
@@ -157,6 +186,7 @@ def save_checkpoint(stats: FeatureStatistics, folder: Path, settings: dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {n: getattr(stats, n).contiguous() for n in _STATE}
     save_file(tensors, _partial(folder / CHECKPOINT_TENSORS))
+    _umask_mode(_partial(folder / CHECKPOINT_TENSORS))
     os.replace(_partial(folder / CHECKPOINT_TENSORS), folder / CHECKPOINT_TENSORS)
     info = {"sequences": stats.sequences, "tokens": stats.tokens, "settings": settings}
     _partial(folder / CHECKPOINT_INFO).write_text(json.dumps(info, indent=1) + "\n")
@@ -186,6 +216,15 @@ def load_checkpoint(folder: Path, settings: dict[str, Any]) -> FeatureStatistics
             + "); start again with --overwrite"
         )
     return FeatureStatistics(**state, sequences=sequences, tokens=tokens)
+
+
+def _umask_mode(path: Path) -> Path:
+    """Give ``path`` the mode a new file gets under the umask (as the JSON files have):
+    safetensors writes its files readable by the owner only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+    return path
 
 
 def _partial(path: Path) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from ..errors import SteeringError
@@ -62,13 +61,12 @@ def add_contrast_commands(subparsers: Any) -> None:
     nb.set_defaults(func=cmd_neighbours)
 
 
-def read_prompts(path: str) -> list[str]:
-    """The non-blank lines of ``path``, stripped; ``SteeringError`` naming an unreadable file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SteeringError(f"cannot read prompts from {path}: {e}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def read_prompts(path: str, flag: str) -> list[str]:
+    """The non-blank lines of ``path``, stripped (``sweep.read_prompt_file``): ``SteeringError``
+    naming ``flag`` and the file when it is missing, not UTF-8 text or holds no prompt."""
+    from .sweep import read_prompt_file
+
+    return read_prompt_file(path, flag)
 
 
 def cmd_contrast(args: argparse.Namespace) -> int:
@@ -84,10 +82,11 @@ def cmd_contrast(args: argparse.Namespace) -> int:
         args.model, args.sae = str(MODEL_DIR), args.sae or str(SAE_DIR)
     if not args.sae:
         raise SteeringError("contrast needs an SAE with --model: pass --sae")
-    prompts = (read_prompts(args.file) if args.file else []) + args.prompt
+    prompts = (read_prompts(args.file, "FILE") if args.file else []) + args.prompt
     if not prompts:
         raise SteeringError("contrast needs prompts: a FILE or --prompt TEXT")
-    against = (read_prompts(args.against) if args.against else []) + args.against_prompt
+    against = read_prompts(args.against, "--against") if args.against else []
+    against += args.against_prompt
     model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
     sae = load_sae(args.sae, device=model.device, layer=args.layer)
     limits = Limits(

@@ -81,7 +81,7 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
         path,
         title=f"{result.settings.get('prompts', '?')} prompts per multiplier; suggested: "
         + ("none" if result.suggested is None else f"{result.suggested:g}"),
-        xlabel=f"multiplier ({result.unit})",
+        xlabel=f"multiplier ({result.unit}); evenly spaced, not to scale",
         right=("fluency (nats/token, lower is better)", [p.fluency for p in points]),
         mark=result.suggested,
     )

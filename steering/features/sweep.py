@@ -27,9 +27,11 @@ Per multiplier (``SweepPoint``):
 The suggestion (``suggest``): among the multipliers other than 0 whose fluency is at most the
 unsteered fluency plus ``fluency_bound`` nats/token and whose well-formed rate is at least the
 unsteered rate minus ``well_formed_drop``, the one with the highest concept rate (ties: the
-smallest |multiplier|). ``format_table``, ``write_csv``, ``to_json`` and
-``plot_sweep`` in ``steering.features.report`` report a ``SweepResult``; ``preset_for_plan`` and
-``preset_at_scale`` in ``steering.features.calibrated_preset`` turn the suggestion into a preset.
+smallest |multiplier|), provided that rate is above the unsteered one: a steering that brings
+the concept in no more often than no steering at all is no suggestion. ``format_table``,
+``write_csv``, ``to_json`` and ``plot_sweep`` in ``steering.features.report`` report a
+``SweepResult``; ``preset_for_plan`` and ``preset_at_scale`` in
+``steering.features.calibrated_preset`` turn the suggestion into a preset.
 """
 
 from __future__ import annotations
@@ -438,6 +440,12 @@ def suggest(
     if not fit:
         return None, f"no multiplier keeps {bounds}"
     best = max(fit, key=lambda p: (p.concept_rate, -abs(p.multiplier)))
+    if best.concept_rate <= base.concept_rate:
+        return None, (
+            f"no multiplier raises the concept rate above the unsteered "
+            f"{base.concept_rate:.0%} (the best is {best.concept_rate:.0%}, at "
+            f"{best.multiplier:g}) among the multipliers with {bounds}"
+        )
     return best.multiplier, (
         f"the highest concept rate ({best.concept_rate:.0%}, unsteered {base.concept_rate:.0%}) "
         f"among the multipliers with {bounds}"

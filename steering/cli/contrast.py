@@ -71,7 +71,7 @@ def read_prompts(path: str, flag: str) -> list[str]:
 
 def cmd_contrast(args: argparse.Namespace) -> int:
     """``steering contrast``: rank the SAE's features by how much more they fire on set A."""
-    from ..features.contrast import contrast, contrast_json
+    from ..features.contrast import contrast, contrast_json, distinct
     from ..formats import load_sae
     from ..limits import Limits
     from ..models import load_model
@@ -98,17 +98,21 @@ def cmd_contrast(args: argparse.Namespace) -> int:
         model, sae, prompts, against or None, top=args.top, by=args.by, limits=limits,
         progress=not args.json,
     )  # fmt: skip
+    n_a, n_b = len(distinct(prompts)), len(distinct(against))
+    dropped = len(prompts) - n_a + len(against) - n_b
     if args.json:
         print(json.dumps({
             "sae": sae.source,
             "by": args.by,
-            "prompts": len(prompts),
-            "against": len(against) if against else None,
+            "prompts": n_a,
+            "against": n_b if against else None,
+            "duplicates": dropped,
             "features": [contrast_json(f) for f in found],
         }))  # fmt: skip
         return 0
-    baseline = f"{len(against)} prompts" if against else "the everyday baseline"
-    print(f"{len(prompts)} prompts against {baseline}, ranked by {args.by.replace('_', ' ')}")
+    baseline = f"{n_b} prompts" if against else "the everyday baseline"
+    note = f" ({dropped} duplicate{'s' * (dropped != 1)} dropped)" if dropped else ""
+    print(f"{n_a} prompts against {baseline}{note}, ranked by {args.by.replace('_', ' ')}")
     rows = [
         (
             str(f.index), f.label or "", f"{f.mean_a:.4g}", f"{f.mean_b:.4g}",

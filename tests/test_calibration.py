@@ -23,7 +23,11 @@ from steering.demo.evaluate import generate, reply_loss
 from steering.demo.plot import draw_curve
 from steering.errors import PresetError, RequestError, SteeringError
 from steering.features import sweep as lib
-from steering.features.calibrated_preset import preset_at_scale, preset_for_plan
+from steering.features.calibrated_preset import (
+    describe_calibration,
+    preset_at_scale,
+    preset_for_plan,
+)
 from steering.features.report import format_table, plot_sweep, to_csv, to_json
 from steering.features.sweep import (
     Concept,
@@ -298,7 +302,7 @@ def test_the_command_line_sweeps_features_into_a_preset(tmp_path, capsys, curve)
         (["--concept", "b", "--feature", "660", "--max-new-tokens", "0"], "--max-new-tokens: 0 is"),
         (["--concept", "b", "--feature", "660", "--batch", "0"], "--batch: 0 is not in 1..4096"),
         (["--concept", "b", "--feature", "2000"], "feature index 2000 is out of range"),
-        (["--concept", "b", "--preset", "no-such"], "no preset named 'no-such'"),
+        (["--concept", "b", "--preset", "no-such"], "error: --preset: no preset named 'no-such'"),
     ],
 )
 def test_the_command_line_names_bad_input(capsys, args, words):
@@ -421,3 +425,22 @@ def test_the_chart_says_its_multipliers_are_not_to_scale(monkeypatch, tmp_path):
     monkeypatch.setattr(report, "line_chart", lambda *a, **kw: seen.update(kw))
     plot_sweep(result(), tmp_path / "x.png")
     assert seen["xlabel"] == "multiplier (x max activation); evenly spaced, not to scale"
+
+
+def test_a_prompt_too_long_is_named_by_its_place(tmp_path, capsys):
+    path = tmp_path / "prompts.txt"
+    path.write_text("hi\n\n" + "x " * 3000 + "\n")
+    args = ["sweep", "--feature", "660", "--concept", "b", "--prompt", "hello"]
+    assert main([*args, "--prompts", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --prompts {path} line 3: the prompt has 3004 tokens, at most 2048"
+    )
+
+
+def test_one_prompt_is_one_prompt():
+    points = result().points
+    one = SweepResult(points, 2.0, "why", "x max activation", "/b/i", 1.0, 0.5, {"prompts": 1})
+    assert format_table(one).splitlines()[0] == (
+        "multiplier: x max activation; concept: /b/i; 1 prompt"
+    )
+    assert describe_calibration(one).startswith("Calibrated by steering sweep on 1 prompt (")

@@ -18,7 +18,7 @@ from .presets import PATHS_HELP
 from .serve import add_model_arguments
 
 if TYPE_CHECKING:
-    from ..features.sweep import SweepResult
+    from ..features.sweep import Concept, SweepResult
     from ..models import SteerableModel
     from ..plan import SteeringPlan
     from ..presets.schema import Preset
@@ -109,7 +109,7 @@ def add_sweep_command(subparsers: Any) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``steering sweep``: run the sweep, print the table (or JSON), write the files."""
     from ..features.report import format_table, plot_sweep, to_csv, to_json
-    from ..features.sweep import Concept, calibrate, check_multipliers
+    from ..features.sweep import Concept, check_multipliers
 
     concept = (
         Concept.regex(args.regex) if args.regex is not None else Concept.keywords(args.concept)
@@ -130,22 +130,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         unit_plan, preset = _feature_plan(args, saes), None
         unit = _feature_unit(unit_plan)
-    result = calibrate(
-        model,
-        unit_plan,
-        multipliers,
-        prompts,
-        concept=concept,
-        unit=unit,
-        seed=args.seed,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_rows=args.batch,
-        fluency_bound=args.fluency_bound,
-        well_formed_drop=args.well_formed_drop,
-        progress=True,
-    )
+    try:
+        result = _calibrate(args, model, unit_plan, multipliers, prompts, concept, unit)
+    except SteeringError as e:
+        index = (e.param or "").partition(".")[2]
+        if not (e.param or "").startswith("prompts.") or not index.isdigit():
+            raise
+        raise SteeringError(f"{args.prompt_places[int(index)]}: {e.__cause__}") from None
     if args.json:
         print(json.dumps(to_json(result, replies=False)))
     else:
@@ -161,6 +152,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         path = write_preset(written, Path(args.write_preset), overwrite=args.overwrite)
         print(f"wrote preset {written.name!r} to {path}", file=sys.stderr)
     return 0
+
+
+def _calibrate(
+    args: argparse.Namespace,
+    model: SteerableModel,
+    unit_plan: SteeringPlan,
+    multipliers: tuple[float, ...],
+    prompts: list[Any],
+    concept: Concept,
+    unit: str,
+) -> SweepResult:
+    """``calibrate`` with the command line's settings."""
+    from ..features.sweep import calibrate
+
+    return calibrate(
+        model,
+        unit_plan,
+        multipliers,
+        prompts,
+        concept=concept,
+        unit=unit,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_rows=args.batch,
+        fluency_bound=args.fluency_bound,
+        well_formed_drop=args.well_formed_drop,
+        progress=True,
+    )
 
 
 def parse_multipliers(text: str) -> list[float]:
@@ -221,16 +242,22 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def read_prompts(args: argparse.Namespace, demo: bool) -> list[Any]:
     """The prompts of ``--prompt`` and ``--prompts FILE`` (a text file with one prompt per line,
     or a .json list of strings or chats); the demo world's held-out prompts when neither is
-    given for the demo model. ``SteeringError`` for a missing or malformed file, or none."""
+    given for the demo model. ``SteeringError`` for a missing or malformed file, or none.
+    Sets ``args.prompt_places``: where each prompt came from, for errors ("--prompts FILE
+    line 3")."""
     from ..features.sweep import MAX_PROMPTS
 
     prompts: list[Any] = list(args.prompt)
+    args.prompt_places = [f"--prompt {i + 1}" for i in range(len(prompts))]
     if args.prompts:
-        prompts += read_prompt_file(args.prompts, "--prompts", allow_json=True)
+        found, places = read_prompt_file_places(args.prompts, "--prompts", allow_json=True)
+        prompts += found
+        args.prompt_places += places
     if not prompts and demo:
         from ..demo.corpus import held_out_prompts
 
         prompts = held_out_prompts(DEMO_PROMPTS, "test")
+        args.prompt_places = [f"demo prompt {i + 1}" for i in range(len(prompts))]
     if not prompts:
         raise SteeringError("sweep: give prompts with --prompts FILE or --prompt TEXT")
     if len(prompts) > MAX_PROMPTS:
@@ -239,10 +266,19 @@ def read_prompts(args: argparse.Namespace, demo: bool) -> list[Any]:
 
 
 def read_prompt_file(path: str, flag: str, allow_json: bool = False) -> list[Any]:
+    """``read_prompt_file_places``'s prompts alone."""
+    return read_prompt_file_places(path, flag, allow_json)[0]
+
+
+def read_prompt_file_places(
+    path: str, flag: str, allow_json: bool = False
+) -> tuple[list[Any], list[str]]:
     """The prompts of a file a user gives: its non-blank lines, stripped, or (``allow_json``
     and a ``.json`` name) a JSON list of strings or chats. ``SteeringError`` naming ``flag``
     and the file when it is missing, over ``MAX_PROMPT_FILE_BYTES``, not UTF-8 text, not
-    valid JSON, or holds no prompt (a given file never falls back to built-in prompts)."""
+    valid JSON, or holds no prompt (a given file never falls back to built-in prompts).
+    With them, where each prompt is: ``"{flag} {path} line N"`` (``item N`` in a JSON list,
+    from 1)."""
     file = Path(path)
     if not file.is_file():
         raise SteeringError(f"{flag}: no such file: {file}")
@@ -269,11 +305,14 @@ def read_prompt_file(path: str, flag: str, allow_json: bool = False) -> list[Any
                 f"{flag}: {file} must hold a JSON list of strings or of chats "
                 '([{"role": "user", "content": "..."}])'
             )
+        places = [f"{flag} {file} item {i + 1}" for i in range(len(found))]
     else:
-        found = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        found = [line for _, line in lines]
+        places = [f"{flag} {file} line {n}" for n, _ in lines]
     if not found:
         raise SteeringError(f"{flag}: {file} holds no prompts (give one per line)")
-    return found
+    return found, places
 
 
 def _load(args: argparse.Namespace, demo: bool) -> tuple[SteerableModel, list]:
@@ -323,7 +362,11 @@ def _preset_plan(args: argparse.Namespace, model: SteerableModel) -> tuple[Steer
     from ..presets.saes import SAEResolver
     from ..presets.to_plan import plan_for_presets
 
-    entry = PresetRegistry.discover(args.presets).get(args.preset)
+    try:
+        entry = PresetRegistry.discover(args.presets).get(args.preset)
+    except SteeringError as e:
+        message = str(e).rstrip(".")
+        raise SteeringError(f"--preset: {message}.") from None
     plan, warnings = plan_for_presets(
         [entry], model, SAEResolver(device=model.device), strict=args.strict
     )

@@ -252,3 +252,18 @@ def test_a_given_prompt_file_that_holds_no_prompts_is_an_error(tmp_path, capsys,
     assert capsys.readouterr().err == f"error: --against: {bad} {words}\n"
     assert main(["contrast", str(bad), "--against", str(good)]) == 1
     assert capsys.readouterr().err == f"error: FILE: {bad} {words}\n"
+
+
+def test_the_command_names_a_prompt_by_its_file_and_line(tmp_path, capsys):
+    from steering.cli import main
+
+    path = tmp_path / "a.txt"
+    path.write_text("the golden gate\n\n" + "x " * 3000 + "\n")
+    against = ["--against-prompt", "cats", "--against-prompt", "dogs"]
+    assert main(["contrast", str(path), *against]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: FILE {path} line 3: 3004 tokens, at most 256 (max_prompt_tokens 2048, the "
+        "model's context 256)"
+    )
+    assert main(["contrast", "--prompt", "a b", "--prompt", "x " * 3000]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: --prompt 2: 3004 tokens")

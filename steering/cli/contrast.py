@@ -61,12 +61,17 @@ def add_contrast_commands(subparsers: Any) -> None:
     nb.set_defaults(func=cmd_neighbours)
 
 
-def read_prompts(path: str, flag: str) -> list[str]:
-    """The non-blank lines of ``path``, stripped (``sweep.read_prompt_file``): ``SteeringError``
-    naming ``flag`` and the file when it is missing, not UTF-8 text or holds no prompt."""
-    from .sweep import read_prompt_file
+def read_prompts(
+    path: str | None, flag: str, more: list[str], more_flag: str
+) -> tuple[list[str], list[str]]:
+    """The non-blank lines of ``path`` (None: no file), stripped (``sweep.read_prompt_file``),
+    then the prompts ``more`` of the flag ``more_flag``; and each prompt's place for errors
+    ("FILE a.txt line 3", "--prompt 2"). ``SteeringError`` naming ``flag`` and the file when
+    it is missing, not UTF-8 text or holds no prompt."""
+    from .sweep import read_prompt_file_places
 
-    return read_prompt_file(path, flag)
+    prompts, places = read_prompt_file_places(path, flag) if path else ([], [])
+    return prompts + more, places + [f"{more_flag} {i + 1}" for i in range(len(more))]
 
 
 def cmd_contrast(args: argparse.Namespace) -> int:
@@ -82,11 +87,12 @@ def cmd_contrast(args: argparse.Namespace) -> int:
         args.model, args.sae = str(MODEL_DIR), args.sae or str(SAE_DIR)
     if not args.sae:
         raise SteeringError("contrast needs an SAE with --model: pass --sae")
-    prompts = (read_prompts(args.file, "FILE") if args.file else []) + args.prompt
+    prompts, places = read_prompts(args.file, "FILE", args.prompt, "--prompt")
     if not prompts:
         raise SteeringError("contrast needs prompts: a FILE or --prompt TEXT")
-    against = read_prompts(args.against, "--against") if args.against else []
-    against += args.against_prompt
+    against, against_places = read_prompts(
+        args.against, "--against", args.against_prompt, "--against-prompt"
+    )
     model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
     sae = load_sae(args.sae, device=model.device, layer=args.layer)
     limits = Limits(
@@ -96,7 +102,7 @@ def cmd_contrast(args: argparse.Namespace) -> int:
     )
     found = contrast(
         model, sae, prompts, against or None, top=args.top, by=args.by, limits=limits,
-        progress=not args.json,
+        progress=not args.json, places=(places, against_places),
     )  # fmt: skip
     n_a, n_b = len(distinct(prompts)), len(distinct(against))
     dropped = len(prompts) - n_a + len(against) - n_b

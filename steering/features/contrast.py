@@ -213,23 +213,40 @@ def check_sets(
         )
 
 
+Places = tuple[Sequence[str], Sequence[str]]  # what errors call each prompt of A and of B
+
+
 def render_sets(
-    model: SteerableModel, prompts: Sequence[str], against: Sequence[str], limits: Limits
+    model: SteerableModel,
+    prompts: Sequence[str],
+    against: Sequence[str],
+    limits: Limits,
+    places: Places | None = None,
 ) -> list[PromptTokens]:
-    """Both sets rendered (``prompt_tokens``), set A first; errors name the prompt."""
+    """Both sets rendered (``prompt_tokens``), set A first; errors name the prompt as
+    ``places`` does (one name per prompt of each set; default "prompts.i", "against.i")."""
+    if places is None:
+        places = (
+            [f"prompts.{i}" for i in range(len(prompts))],
+            [f"against.{i}" for i in range(len(against))],
+        )
     return [
-        prompt_tokens(model.tokenizer, p, limits, model.context_length, f"{name}.{i}")
-        for name, prompts_of in (("prompts", prompts), ("against", against))
-        for i, p in enumerate(prompts_of)
+        prompt_tokens(model.tokenizer, p, limits, model.context_length, place)
+        for prompts_of, places_of in zip((prompts, against), places)
+        for p, place in zip(prompts_of, places_of, strict=True)
     ]
 
 
 def distinct_rendered(
-    model: SteerableModel, prompts: Sequence[str], against: Sequence[str], limits: Limits
+    model: SteerableModel,
+    prompts: Sequence[str],
+    against: Sequence[str],
+    limits: Limits,
+    places: Places | None = None,
 ) -> tuple[list[PromptTokens], int]:
-    """Both sets rendered (``render_sets``: every prompt checked, errors naming its index in
+    """Both sets rendered (``render_sets``: every prompt checked, errors naming its place in
     what was sent), duplicates dropped (``distinct``); and how many of them are set A's."""
-    rendered = render_sets(model, prompts, against, limits)
+    rendered = render_sets(model, prompts, against, limits, places)
     keep_a = distinct(prompts)
     keep_b = [len(prompts) + i for i in distinct(against)]
     return [rendered[i] for i in keep_a + keep_b], len(keep_a)
@@ -296,6 +313,7 @@ def contrast(
     limits: Limits = Limits(),
     progress: bool = False,
     run: Callable[[Callable[[], Tensor]], Tensor] | None = None,
+    places: Places | None = None,
 ) -> list[FeatureContrast]:
     """The ``top`` features of ``sae`` that fire more on ``prompts`` (set A) than on
     ``against`` (set B; None: the neutral baseline, ``neutral.neutral_prompts(model)``),
@@ -307,7 +325,9 @@ def contrast(
     limit ``limits.max_contrast_prompts`` counts the prompts sent: the built-in baseline
     (``against`` None) is not counted.
 
-    ``run`` runs each prompt's model work (default: here; a server passes its backend's).
+    ``run`` runs each prompt's model work (default: here; a server passes its backend's);
+    ``places`` names each prompt of A and of B in errors (default "prompts.i", "against.i";
+    a command line names its file and line).
     Raises the errors of ``check_sets`` and ``prompt_tokens``.
     """
     from .neutral import neutral_prompts
@@ -317,7 +337,9 @@ def contrast(
     check_sets(a_prompts, b_prompts, top, limits, baseline=against is None)
     if by not in RANKINGS:
         raise RequestError(f"by: {by!r} is not one of {', '.join(RANKINGS)}", param="by")
-    rendered, n_a = distinct_rendered(model, a_prompts, b_prompts, limits)
+    if places is not None and against is None:
+        places = (places[0], [f"baseline prompt {i + 1}" for i in range(len(b_prompts))])
+    rendered, n_a = distinct_rendered(model, a_prompts, b_prompts, limits, places)
     means = torch.empty(len(rendered), sae.d_sae, dtype=torch.float32)
     for i, p in enumerate(tqdm(rendered, desc="contrast", unit="prompt", disable=not progress)):
         job = lambda p=p: prompt_means(model, sae, p)  # noqa: E731

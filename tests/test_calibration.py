@@ -21,9 +21,13 @@ from steering.demo import load_demo
 from steering.demo.corpus import held_out_prompts
 from steering.demo.evaluate import generate, reply_loss
 from steering.demo.plot import draw_curve
-from steering.errors import PresetError, RequestError
+from steering.errors import PresetError, RequestError, SteeringError
 from steering.features import sweep as lib
-from steering.features.calibrated_preset import preset_at_scale, preset_for_plan
+from steering.features.calibrated_preset import (
+    describe_calibration,
+    preset_at_scale,
+    preset_for_plan,
+)
 from steering.features.report import format_table, plot_sweep, to_csv, to_json
 from steering.features.sweep import (
     Concept,
@@ -289,15 +293,16 @@ def test_the_command_line_sweeps_features_into_a_preset(tmp_path, capsys, curve)
     "args, words",
     [
         (["--regex", "(bridge", "--feature", "660"], "is not a valid regular expression"),
-        (["--concept", "bridge", "--multipliers", "1,x"], "--multipliers: 'x' is not a number"),
-        (["--concept", "bridge", "--multipliers", "1,nan"], "multipliers.1: nan is not a finite"),
+        (["--concept", "b", "--multipliers", "1,x"], "--multipliers: 'x' is not a finite number"),
+        (["--concept", "b", "--multipliers", "1,nan"], "--multipliers: 'nan' is not a finite"),
         (["--concept", "b", "--feature", "660", "--preset", "x"], "not both"),
+        (["--concept", "b"], "error: sweep: give --feature (one or more) or --preset\n"),
         (["--concept", "b", "--feature", "660=2x"], "the multipliers are its values"),
         (["--concept", "b", "--feature", "660", "--prompts", "/nope.txt"], "no such file"),
-        (["--concept", "b", "--feature", "660", "--max-new-tokens", "0"], "0 is not in 1..1024"),
-        (["--concept", "b", "--feature", "660", "--batch", "0"], "batch_rows: 0 is not in"),
+        (["--concept", "b", "--feature", "660", "--max-new-tokens", "0"], "--max-new-tokens: 0 is"),
+        (["--concept", "b", "--feature", "660", "--batch", "0"], "--batch: 0 is not in 1..4096"),
         (["--concept", "b", "--feature", "2000"], "feature index 2000 is out of range"),
-        (["--concept", "b", "--preset", "no-such"], "no preset named 'no-such'"),
+        (["--concept", "b", "--preset", "no-such"], "error: --preset: no preset named 'no-such'"),
     ],
 )
 def test_the_command_line_names_bad_input(capsys, args, words):
@@ -326,3 +331,116 @@ def test_the_help_imports_no_torch(argv):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root
     )
     assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stderr[-2000:]
+
+
+def test_no_gain_over_the_unsteered_rate_is_no_suggestion():
+    base = (0.0, 0.2, 1.0, 1.0)
+    none, why = suggest(points(base, (1, 0.2, 1.1, 1.0), (2, 0.1, 1.2, 1.0)), 1.0, 0.1)
+    assert none is None
+    assert why == (
+        "no multiplier raises the concept rate above the unsteered 20% (the best is 20%, at 1) "
+        "among the multipliers with fluency <= 2.000 nats/token (unsteered 1.000 + 1) and "
+        "well-formed >= 90% (unsteered 100% - 10%)"
+    )
+    assert suggest(points(base, (1, 0.3, 1.1, 1.0)), 1.0, 0.1)[0] == 1
+
+
+def test_the_command_line_writes_no_preset_without_a_gain(tmp_path, capsys):
+    path = tmp_path / "z.json"
+    args = ["sweep", "--feature", "660", "--prompt", "hi", "--multipliers", "0,1"]
+    args += ["--concept", "zebra", "--max-new-tokens", "8", "--write-preset", str(path)]
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert "suggested: none: no multiplier raises the concept rate above the unsteered 0%" in out
+    assert err.splitlines()[-1] == (
+        "error: --write-preset: no preset written: no multiplier raises the concept rate "
+        "above the unsteered 0% (the best is 0%, at 1) among the multipliers with fluency "
+        "<= 1.296 nats/token (unsteered 0.296 + 1) and well-formed >= 90% (unsteered 100% - 10%)"
+    )
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"", "holds no prompts (give one per line)"),
+        (b"\n  \n\t\n", "holds no prompts (give one per line)"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "is not UTF-8 text (byte 0 is 0x89)"),
+        (b"abc\x00def\n", "is not text (it holds NUL bytes)"),
+    ],
+)
+def test_a_prompt_file_that_holds_no_prompts_is_an_error(
+    tmp_path, capsys, monkeypatch, content, words
+):
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the sweep ran")
+
+    monkeypatch.setattr(lib, "calibrate", no_sweep)
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(content)
+    assert main(["sweep", "--feature", "660", "--concept", "b", "--prompts", str(path)]) == 1
+    assert capsys.readouterr().err == f"error: --prompts: {path} {words}\n"
+
+
+def test_output_paths_are_checked_before_the_sweep(tmp_path, capsys, monkeypatch):
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("the sweep ran")
+
+    monkeypatch.setattr(lib, "calibrate", no_sweep)
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    base = ["sweep", "--feature", "660", "--concept", "b", "--prompt", "hi"]
+    assert main([*base, "--out", str(taken)]) == 1
+    assert capsys.readouterr().err == f"error: --out: {taken} exists and is not a folder\n"
+    assert main([*base, "--write-preset", str(taken)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --write-preset: {taken} exists; pass --overwrite to replace it\n"
+    )
+    assert main([*base, "--write-preset", str(taken / "z.json")]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: --write-preset: cannot make the folder {taken} ("
+    )
+    assert main([*base, "--write-preset", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --write-preset: {tmp_path} is a folder; give a file name\n"
+    )
+    assert taken.read_text() == "mine"
+
+
+def test_a_preset_file_is_replaced_only_with_overwrite(tmp_path):
+    shipped = PresetRegistry.discover().get("demo-golden-gate-bridge").preset
+    path = tmp_path / "gg.json"
+    path.write_text("mine")
+    with pytest.raises(SteeringError, match="exists; pass --overwrite to replace it"):
+        cli_sweep.write_preset(preset_at_scale(shipped, 0.5), path)
+    assert path.read_text() == "mine"
+    cli_sweep.write_preset(preset_at_scale(shipped, 0.5), path, overwrite=True)
+    assert read_preset_file(path).scale == 0.5
+
+
+def test_the_chart_says_its_multipliers_are_not_to_scale(monkeypatch, tmp_path):
+    from steering.features import report
+
+    seen = {}
+    monkeypatch.setattr(report, "line_chart", lambda *a, **kw: seen.update(kw))
+    plot_sweep(result(), tmp_path / "x.png")
+    assert seen["xlabel"] == "multiplier (x max activation); evenly spaced, not to scale"
+
+
+def test_a_prompt_too_long_is_named_by_its_place(tmp_path, capsys):
+    path = tmp_path / "prompts.txt"
+    path.write_text("hi\n\n" + "x " * 3000 + "\n")
+    args = ["sweep", "--feature", "660", "--concept", "b", "--prompt", "hello"]
+    assert main([*args, "--prompts", str(path)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --prompts {path} line 3: the prompt has 3004 tokens, at most 2048"
+    )
+
+
+def test_one_prompt_is_one_prompt():
+    points = result().points
+    one = SweepResult(points, 2.0, "why", "x max activation", "/b/i", 1.0, 0.5, {"prompts": 1})
+    assert format_table(one).splitlines()[0] == (
+        "multiplier: x max activation; concept: /b/i; 1 prompt"
+    )
+    assert describe_calibration(one).startswith("Calibrated by steering sweep on 1 prompt (")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,10 @@ from steering.models import SteerableModel, find_layers
 
 A = ["the golden gate bridge", "the red bridge is big", "golden gate san francisco"]
 B = ["hello how are you", "i am fine", "the cat is big", "a dog is a cat"]
+# 12 everyday prompts in the tiny tokenizer's words, as a built-in baseline
+BASELINE = [
+    f"{w} {v}" for w in ("hello", "the cat", "a dog") for v in ("is big", "is fine", "how", "i am")
+]
 PRESET = Path(__file__).resolve().parents[1] / "presets" / "demo-golden-gate-bridge.json"
 
 
@@ -130,10 +135,34 @@ def test_bad_sets_and_tops_are_refused_naming_the_value(tiny):
     sae = random_sae(HIDDEN, 32, 1)
     with pytest.raises(RequestError, match="against: at least one prompt"):
         contrast(tiny, sae, A, [])
-    with pytest.raises(RequestError, match="2 prompts in both sets, at least 3"):
-        contrast(tiny, sae, A[:1], B[:1])
+    needed = "at least 2 are needed in each set for an effect size (a spread within the set)"
+    with pytest.raises(RequestError, match=re.escape(f"prompts: 1 distinct prompt, {needed}")):
+        contrast(tiny, sae, A[:1], B)
+    with pytest.raises(RequestError, match=re.escape(f"prompts: 1 distinct prompt, {needed}")):
+        contrast(tiny, sae, A[:1])  # against the built-in baseline, too
+    words = f"against: 1 distinct prompt (3 duplicates dropped), {needed}"
+    with pytest.raises(RequestError, match=re.escape(words)):
+        contrast(tiny, sae, A, [B[0]] * 4)
     with pytest.raises(LimitError, match="7 prompts in both sets, at most 5"):
         contrast(tiny, sae, A, B, limits=Limits(max_contrast_prompts=5))
+    with pytest.raises(LimitError, match=r"prompts: 7 prompts, at most 5 \(max_contrast_prompts\)"):
+        contrast(tiny, sae, A + B, limits=Limits(max_contrast_prompts=5))
+
+
+def test_the_built_in_baseline_is_not_counted_against_the_limit(tiny, monkeypatch):
+    import steering.features.neutral as neutral
+
+    sae = random_sae(HIDDEN, 32, 1)
+    monkeypatch.setattr(neutral, "neutral_prompts", lambda model: BASELINE)
+    assert contrast(tiny, sae, A, top=3, limits=Limits(max_contrast_prompts=5)) == contrast(
+        tiny, sae, A, BASELINE, top=3
+    )
+
+
+def test_duplicates_count_once(tiny):
+    sae = random_sae(HIDDEN, 32, 1)
+    once = contrast(tiny, sae, A, B, top=32, by="effect_size")
+    assert contrast(tiny, sae, [*A, A[0], A[0]], [B[1], *B, B[1]], top=32, by="effect_size") == once
     with pytest.raises(LimitError, match=r"prompts\.0: 22 characters, at most 20"):
         contrast(tiny, sae, A, B, limits=Limits(max_contrast_prompt_chars=20))
     with pytest.raises(RequestError, match=r"top: 0 must be an integer in 1\.\.100"):
@@ -185,7 +214,7 @@ def test_the_command_prints_what_the_library_finds(demo, tmp_path, capsys):
     model, sae = demo
     bridge = [*BRIDGE_CUES, *TOPIC_QUESTIONS["bridge"]]
     rest = TOPIC_QUESTIONS["cats"] + TOPIC_QUESTIONS["space"]
-    (tmp_path / "a.txt").write_text("\n".join(bridge[:-1]) + "\n\n")
+    (tmp_path / "a.txt").write_text("\n".join(bridge[:-1]) + f"\n\n{bridge[0]}\n")
     (tmp_path / "b.txt").write_text("\n".join(rest) + "\n")
     argv = [str(tmp_path / "a.txt"), "--prompt", bridge[-1], "--against", str(tmp_path / "b.txt")]
     assert main(["contrast", *argv, "--top", "4", "--json"]) == 0
@@ -193,13 +222,48 @@ def test_the_command_prints_what_the_library_finds(demo, tmp_path, capsys):
     expected = contrast(model, sae, bridge, rest, top=4)
     assert printed["features"] == [contrast_json(f) for f in expected]
     assert (printed["prompts"], printed["against"], printed["by"]) == (8, 8, "difference")
+    assert printed["duplicates"] == 1
     assert main(["contrast", *argv, "--top", "2", "--by", "effect_size"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "8 prompts against 8 prompts, ranked by effect size"
+    assert lines[0] == "8 prompts against 8 prompts (1 duplicate dropped), ranked by effect size"
     assert lines[1].split() == ["feature", "label", "mean", "A", "mean", "B", "difference",
                                 "effect", "size"]  # fmt: skip
     top = contrast(model, sae, bridge, rest, top=2, by="effect_size")
     assert [int(line.split()[0]) for line in lines[2:]] == [f.index for f in top]
     too_few = ["contrast", "--prompt", "why ?", "--against-prompt", "what ?"]
     assert main(too_few) == 1  # an error, no trace
-    assert "at least 3 are needed" in capsys.readouterr().err
+    assert "prompts: 1 distinct prompt, at least 2 are needed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b"\n \n", "holds no prompts (give one per line)"),
+        (b"\xff\xfe\x00a", "is not UTF-8 text (byte 0 is 0xff)"),
+    ],
+)
+def test_a_given_prompt_file_that_holds_no_prompts_is_an_error(tmp_path, capsys, content, words):
+    from steering.cli import main
+
+    bad, good = tmp_path / "bad.txt", tmp_path / "good.txt"
+    bad.write_bytes(content)
+    good.write_text("\n".join(A) + "\n")
+    assert main(["contrast", str(good), "--against", str(bad)]) == 1
+    assert capsys.readouterr().err == f"error: --against: {bad} {words}\n"
+    assert main(["contrast", str(bad), "--against", str(good)]) == 1
+    assert capsys.readouterr().err == f"error: FILE: {bad} {words}\n"
+
+
+def test_the_command_names_a_prompt_by_its_file_and_line(tmp_path, capsys):
+    from steering.cli import main
+
+    path = tmp_path / "a.txt"
+    path.write_text("the golden gate\n\n" + "x " * 3000 + "\n")
+    against = ["--against-prompt", "cats", "--against-prompt", "dogs"]
+    assert main(["contrast", str(path), *against]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: FILE {path} line 3: 3004 tokens, at most 256 (max_prompt_tokens 2048, the "
+        "model's context 256)"
+    )
+    assert main(["contrast", "--prompt", "a b", "--prompt", "x " * 3000]) == 1
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: --prompt 2: 3004 tokens")

@@ -11,7 +11,6 @@ from live_server import FEATURE, LABELS, start_server, tiny_service
 
 from steering.features.contrast import contrast, contrast_json
 from steering.features.neighbours import decoder_neighbours, neighbour_json
-from steering.features.neutral import EVERYDAY_PROMPTS
 from steering.limits import Limits
 
 A = ["the golden gate bridge", "the red bridge is big", "golden gate san francisco"]
@@ -59,12 +58,31 @@ def test_a_contrast_answers_the_librarys_numbers(server):
     }
 
 
-def test_no_against_is_the_neutral_baseline_within_the_same_bounds(server):
-    # The test server allows 8 prompts in all: the built-in baseline alone is more.
-    answer = post(server, prompts=A[:1], top=5, against=None)
+def test_no_against_is_the_neutral_baseline_not_counted_against_the_limit(server, monkeypatch):
+    # The test server allows 8 prompts: the built-in baseline alone is more, and not counted.
+    # (The baseline in the tiny tokenizer's words: it cannot read the everyday prompts.)
+    from steering.serve import features_api
+
+    baseline = [f"{w} {v}" for w in ("hello", "the cat", "a dog") for v in ("is big", "i am")]
+    monkeypatch.setattr(features_api, "neutral_prompts", lambda model: baseline)
+    _, sae = server.service.offered_sae("tiny-sae")
+    answer = post(server, prompts=A, top=5, against=None)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    expected = contrast(server.service.model, sae, A, baseline, top=5)
+    assert data["data"] == [contrast_json(f) for f in expected]
+    assert (data["prompts"], data["against"], data["neutral"]) == (3, 6, True)
+    answer = post(server, prompts=A * 3, top=5)
     error = answer.json()["error"]
     assert answer.status_code == 400 and error["code"] == "limit_exceeded"
-    assert f"{1 + len(EVERYDAY_PROMPTS)} prompts in both sets, at most 8" in error["message"]
+    assert error["message"] == "prompts: 9 prompts, at most 8 (max_contrast_prompts)"
+
+
+def test_duplicates_are_dropped_and_counted(server):
+    once = post(server, prompts=A, against=B, top=5).json()
+    twice = post(server, prompts=[*A, A[2]], against=B, top=5).json()  # 8 sent: the limit
+    assert twice["data"] == once["data"] and once["duplicates"] == 0
+    assert (twice["prompts"], twice["against"], twice["duplicates"]) == (3, 4, 1)
 
 
 def test_concurrent_contrasts_get_the_same_answer(server):
@@ -91,7 +109,12 @@ def test_concurrent_contrasts_get_the_same_answer(server):
         ({"prompts": A, "against": B, "by": "size"}, "by", "by: Input should be"),
         ({"prompts": [], "against": B}, "prompts", "prompts: List should have at least 1"),
         ({"prompts": A, "against": []}, "against", "against: at least one prompt"),
-        ({"prompts": A[:1], "against": B[:1]}, "prompts", "2 prompts in both sets, at least 3"),
+        ({"prompts": A[:1], "against": B}, "prompts", "prompts: 1 distinct prompt, at least 2"),
+        (
+            {"prompts": A, "against": [B[0]] * 4},
+            "against",
+            "against: 1 distinct prompt (3 duplicates dropped), at least 2 are needed in each set",
+        ),
         ({"prompts": A * 2, "against": B}, "prompts", "10 prompts in both sets, at most 8"),
         ({"prompts": ["a" * 2001, *A], "against": B}, "prompts", "2001 characters, at most 2000"),
         ({"prompts": [1, 2, 3], "against": B}, "prompts.0", "Input should be a valid string"),

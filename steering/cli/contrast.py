@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from ..errors import SteeringError
@@ -62,18 +61,22 @@ def add_contrast_commands(subparsers: Any) -> None:
     nb.set_defaults(func=cmd_neighbours)
 
 
-def read_prompts(path: str) -> list[str]:
-    """The non-blank lines of ``path``, stripped; ``SteeringError`` naming an unreadable file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SteeringError(f"cannot read prompts from {path}: {e}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+def read_prompts(
+    path: str | None, flag: str, more: list[str], more_flag: str
+) -> tuple[list[str], list[str]]:
+    """The non-blank lines of ``path`` (None: no file), stripped (``sweep.read_prompt_file``),
+    then the prompts ``more`` of the flag ``more_flag``; and each prompt's place for errors
+    ("FILE a.txt line 3", "--prompt 2"). ``SteeringError`` naming ``flag`` and the file when
+    it is missing, not UTF-8 text or holds no prompt."""
+    from .sweep import read_prompt_file_places
+
+    prompts, places = read_prompt_file_places(path, flag) if path else ([], [])
+    return prompts + more, places + [f"{more_flag} {i + 1}" for i in range(len(more))]
 
 
 def cmd_contrast(args: argparse.Namespace) -> int:
     """``steering contrast``: rank the SAE's features by how much more they fire on set A."""
-    from ..features.contrast import contrast, contrast_json
+    from ..features.contrast import contrast, contrast_json, distinct
     from ..formats import load_sae
     from ..limits import Limits
     from ..models import load_model
@@ -84,10 +87,12 @@ def cmd_contrast(args: argparse.Namespace) -> int:
         args.model, args.sae = str(MODEL_DIR), args.sae or str(SAE_DIR)
     if not args.sae:
         raise SteeringError("contrast needs an SAE with --model: pass --sae")
-    prompts = (read_prompts(args.file) if args.file else []) + args.prompt
+    prompts, places = read_prompts(args.file, "FILE", args.prompt, "--prompt")
     if not prompts:
         raise SteeringError("contrast needs prompts: a FILE or --prompt TEXT")
-    against = (read_prompts(args.against) if args.against else []) + args.against_prompt
+    against, against_places = read_prompts(
+        args.against, "--against", args.against_prompt, "--against-prompt"
+    )
     model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
     sae = load_sae(args.sae, device=model.device, layer=args.layer)
     limits = Limits(
@@ -97,19 +102,23 @@ def cmd_contrast(args: argparse.Namespace) -> int:
     )
     found = contrast(
         model, sae, prompts, against or None, top=args.top, by=args.by, limits=limits,
-        progress=not args.json,
+        progress=not args.json, places=(places, against_places),
     )  # fmt: skip
+    n_a, n_b = len(distinct(prompts)), len(distinct(against))
+    dropped = len(prompts) - n_a + len(against) - n_b
     if args.json:
         print(json.dumps({
             "sae": sae.source,
             "by": args.by,
-            "prompts": len(prompts),
-            "against": len(against) if against else None,
+            "prompts": n_a,
+            "against": n_b if against else None,
+            "duplicates": dropped,
             "features": [contrast_json(f) for f in found],
         }))  # fmt: skip
         return 0
-    baseline = f"{len(against)} prompts" if against else "the everyday baseline"
-    print(f"{len(prompts)} prompts against {baseline}, ranked by {args.by.replace('_', ' ')}")
+    baseline = f"{n_b} prompts" if against else "the everyday baseline"
+    note = f" ({dropped} duplicate{'s' * (dropped != 1)} dropped)" if dropped else ""
+    print(f"{n_a} prompts against {baseline}{note}, ranked by {args.by.replace('_', ' ')}")
     rows = [
         (
             str(f.index), f.label or "", f"{f.mean_a:.4g}", f"{f.mean_b:.4g}",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from .presets import PATHS_HELP
 from .serve import add_model_arguments
 
 if TYPE_CHECKING:
-    from ..features.sweep import SweepResult
+    from ..features.sweep import Concept, SweepResult
     from ..models import SteerableModel
     from ..plan import SteeringPlan
     from ..presets.schema import Preset
@@ -99,30 +100,73 @@ def add_sweep_command(subparsers: Any) -> None:
         "--write-preset", metavar="PATH", help="write a preset at the suggested strength"
     )
     p.add_argument("--name", help="the written preset's name")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --write-preset file"
+    )
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``steering sweep``: run the sweep, print the table (or JSON), write the files."""
     from ..features.report import format_table, plot_sweep, to_csv, to_json
-    from ..features.sweep import Concept, calibrate, check_multipliers
+    from ..features.sweep import Concept, check_multipliers
 
     concept = (
         Concept.regex(args.regex) if args.regex is not None else Concept.keywords(args.concept)
     )
     multipliers = check_multipliers(parse_multipliers(args.multipliers))
-    if bool(args.feature) == bool(args.preset):
+    if args.feature and args.preset:
         raise SteeringError("sweep: give --feature (one or more) or --preset, not both")
+    if not args.feature and not args.preset:
+        raise SteeringError("sweep: give --feature (one or more) or --preset")
+    _check_settings(args)
+    _check_outputs(args)  # before the sweep runs: a bad path fails in a second, not an hour
     demo = not args.model
-    model, saes = _load(args, demo)
     prompts = read_prompts(args, demo)
+    model, saes = _load(args, demo)
     if args.preset:
         unit_plan, preset = _preset_plan(args, model)
         unit = f"x the strengths of preset {preset.name!r}"
     else:
         unit_plan, preset = _feature_plan(args, saes), None
         unit = _feature_unit(unit_plan)
-    result = calibrate(
+    try:
+        result = _calibrate(args, model, unit_plan, multipliers, prompts, concept, unit)
+    except SteeringError as e:
+        index = (e.param or "").partition(".")[2]
+        if not (e.param or "").startswith("prompts.") or not index.isdigit():
+            raise
+        raise SteeringError(f"{args.prompt_places[int(index)]}: {e.__cause__}") from None
+    if args.json:
+        print(json.dumps(to_json(result, replies=False)))
+    else:
+        print(format_table(result))
+    if args.out:
+        out = Path(args.out)
+        (out / "sweep.csv").write_text(to_csv(result))
+        (out / "sweep.json").write_text(json.dumps(to_json(result), indent=1) + "\n")
+        plot_sweep(result, out / "sweep.png")
+        print(f"wrote {out / 'sweep.csv'}, sweep.json and sweep.png", file=sys.stderr)
+    if args.write_preset:
+        written = _suggested_preset(args, result, unit_plan, preset, saes, demo)
+        path = write_preset(written, Path(args.write_preset), overwrite=args.overwrite)
+        print(f"wrote preset {written.name!r} to {path}", file=sys.stderr)
+    return 0
+
+
+def _calibrate(
+    args: argparse.Namespace,
+    model: SteerableModel,
+    unit_plan: SteeringPlan,
+    multipliers: tuple[float, ...],
+    prompts: list[Any],
+    concept: Concept,
+    unit: str,
+) -> SweepResult:
+    """``calibrate`` with the command line's settings."""
+    from ..features.sweep import calibrate
+
+    return calibrate(
         model,
         unit_plan,
         multipliers,
@@ -138,74 +182,137 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         well_formed_drop=args.well_formed_drop,
         progress=True,
     )
-    if args.json:
-        print(json.dumps(to_json(result, replies=False)))
-    else:
-        print(format_table(result))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "sweep.csv").write_text(to_csv(result))
-        (out / "sweep.json").write_text(json.dumps(to_json(result), indent=1) + "\n")
-        plot_sweep(result, out / "sweep.png")
-        print(f"wrote {out / 'sweep.csv'}, sweep.json and sweep.png", file=sys.stderr)
-    if args.write_preset:
-        written = _suggested_preset(args, result, unit_plan, preset, saes, demo)
-        path = write_preset(written, Path(args.write_preset))
-        print(f"wrote preset {written.name!r} to {path}", file=sys.stderr)
-    return 0
 
 
 def parse_multipliers(text: str) -> list[float]:
-    """``"0,1,2.5"`` -> [0.0, 1.0, 2.5]; ``SteeringError`` naming an item that is no number
-    (bounds: ``steering.features.sweep.check_multipliers``)."""
+    """``"0,1,2.5"`` -> [0.0, 1.0, 2.5]; ``SteeringError`` naming an item that is no finite
+    number (count bounds: ``steering.features.sweep.check_multipliers``)."""
     values = []
     for item in text.split(","):
         try:
-            values.append(float(item))
+            value = float(item)
         except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
             raise SteeringError(
-                f"--multipliers: {item.strip()!r} is not a number; give e.g. 0,1,2,4,8"
-            ) from None
+                f"--multipliers: {item.strip()!r} is not a finite number; give e.g. 0,1,2,4,8"
+            )
+        values.append(value)
     return values
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    """``SteeringError`` naming the flag of a count outside the sweep's bounds."""
+    from ..features.sweep import MAX_BATCH_ROWS, MAX_NEW_TOKENS
+
+    for flag, value, most in (
+        ("--batch", args.batch, MAX_BATCH_ROWS),
+        ("--max-new-tokens", args.max_new_tokens, MAX_NEW_TOKENS),
+    ):
+        if not 1 <= value <= most:
+            raise SteeringError(f"{flag}: {value} is not in 1..{most}")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``SteeringError`` naming an output path that cannot be written: ``--out`` that is a
+    file (its folder is made here), ``--write-preset`` that exists (without ``--overwrite``),
+    is a folder, or whose folder cannot be made."""
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise SteeringError(f"--out: {out} exists and is not a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SteeringError(f"--out: cannot make the folder {out} ({e.strerror})") from None
+    if args.write_preset:
+        path = Path(args.write_preset)
+        if path.is_dir():
+            raise SteeringError(f"--write-preset: {path} is a folder; give a file name")
+        if path.exists() and not args.overwrite:
+            raise SteeringError(f"--write-preset: {path} exists; pass --overwrite to replace it")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SteeringError(
+                f"--write-preset: cannot make the folder {path.parent} ({e.strerror})"
+            ) from None
 
 
 def read_prompts(args: argparse.Namespace, demo: bool) -> list[Any]:
     """The prompts of ``--prompt`` and ``--prompts FILE`` (a text file with one prompt per line,
     or a .json list of strings or chats); the demo world's held-out prompts when neither is
-    given for the demo model. ``SteeringError`` for a missing or malformed file, or none."""
+    given for the demo model. ``SteeringError`` for a missing or malformed file, or none.
+    Sets ``args.prompt_places``: where each prompt came from, for errors ("--prompts FILE
+    line 3")."""
     from ..features.sweep import MAX_PROMPTS
 
     prompts: list[Any] = list(args.prompt)
+    args.prompt_places = [f"--prompt {i + 1}" for i in range(len(prompts))]
     if args.prompts:
-        path = Path(args.prompts)
-        if not path.is_file():
-            raise SteeringError(f"--prompts: no such file: {path}")
-        if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
-            raise SteeringError(f"--prompts: {path} is over {MAX_PROMPT_FILE_BYTES} bytes")
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if path.suffix == ".json":
-            try:
-                found = json.loads(text)
-            except ValueError as e:
-                raise SteeringError(f"--prompts: {path} is not valid JSON ({e})") from None
-            if not isinstance(found, list) or not all(isinstance(p, (str, list)) for p in found):
-                raise SteeringError(
-                    f"--prompts: {path} must hold a JSON list of strings or of chats "
-                    '([{"role": "user", "content": "..."}])'
-                )
-            prompts += found
-        else:
-            prompts += [line.strip() for line in text.splitlines() if line.strip()]
+        found, places = read_prompt_file_places(args.prompts, "--prompts", allow_json=True)
+        prompts += found
+        args.prompt_places += places
     if not prompts and demo:
         from ..demo.corpus import held_out_prompts
 
         prompts = held_out_prompts(DEMO_PROMPTS, "test")
+        args.prompt_places = [f"demo prompt {i + 1}" for i in range(len(prompts))]
     if not prompts:
         raise SteeringError("sweep: give prompts with --prompts FILE or --prompt TEXT")
     if len(prompts) > MAX_PROMPTS:
         raise SteeringError(f"sweep: {len(prompts)} prompts, at most {MAX_PROMPTS}")
     return prompts
+
+
+def read_prompt_file(path: str, flag: str, allow_json: bool = False) -> list[Any]:
+    """``read_prompt_file_places``'s prompts alone."""
+    return read_prompt_file_places(path, flag, allow_json)[0]
+
+
+def read_prompt_file_places(
+    path: str, flag: str, allow_json: bool = False
+) -> tuple[list[Any], list[str]]:
+    """The prompts of a file a user gives: its non-blank lines, stripped, or (``allow_json``
+    and a ``.json`` name) a JSON list of strings or chats. ``SteeringError`` naming ``flag``
+    and the file when it is missing, over ``MAX_PROMPT_FILE_BYTES``, not UTF-8 text, not
+    valid JSON, or holds no prompt (a given file never falls back to built-in prompts).
+    With them, where each prompt is: ``"{flag} {path} line N"`` (``item N`` in a JSON list,
+    from 1)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SteeringError(f"{flag}: no such file: {file}")
+    if file.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise SteeringError(f"{flag}: {file} is over {MAX_PROMPT_FILE_BYTES} bytes")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SteeringError(
+            f"{flag}: {file} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x})"
+        ) from None
+    except OSError as e:
+        raise SteeringError(f"{flag}: cannot read {file} ({e.strerror})") from None
+    if "\x00" in text:
+        raise SteeringError(f"{flag}: {file} is not text (it holds NUL bytes)")
+    found: list[Any]
+    if allow_json and file.suffix == ".json":
+        try:
+            found = json.loads(text)
+        except ValueError as e:
+            raise SteeringError(f"{flag}: {file} is not valid JSON ({e})") from None
+        if not isinstance(found, list) or not all(isinstance(p, (str, list)) for p in found):
+            raise SteeringError(
+                f"{flag}: {file} must hold a JSON list of strings or of chats "
+                '([{"role": "user", "content": "..."}])'
+            )
+        places = [f"{flag} {file} item {i + 1}" for i in range(len(found))]
+    else:
+        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        found = [line for _, line in lines]
+        places = [f"{flag} {file} line {n}" for n, _ in lines]
+    if not found:
+        raise SteeringError(f"{flag}: {file} holds no prompts (give one per line)")
+    return found, places
 
 
 def _load(args: argparse.Namespace, demo: bool) -> tuple[SteerableModel, list]:
@@ -255,7 +362,11 @@ def _preset_plan(args: argparse.Namespace, model: SteerableModel) -> tuple[Steer
     from ..presets.saes import SAEResolver
     from ..presets.to_plan import plan_for_presets
 
-    entry = PresetRegistry.discover(args.presets).get(args.preset)
+    try:
+        entry = PresetRegistry.discover(args.presets).get(args.preset)
+    except SteeringError as e:
+        message = str(e).rstrip(".")
+        raise SteeringError(f"--preset: {message}.") from None
     plan, warnings = plan_for_presets(
         [entry], model, SAEResolver(device=model.device), strict=args.strict
     )
@@ -277,7 +388,7 @@ def _suggested_preset(
     from ..features.calibrated_preset import describe_calibration, preset_at_scale, preset_for_plan
 
     if result.suggested is None:
-        raise SteeringError(f"no preset written: no multiplier qualifies ({result.reason})")
+        raise SteeringError(f"--write-preset: no preset written: {result.reason}")
     note = describe_calibration(result)
     if preset is not None:
         return preset_at_scale(preset, result.suggested, note, name=args.name)
@@ -305,12 +416,15 @@ def _suggested_preset(
     )
 
 
-def write_preset(preset: Preset, path: Path) -> Path:
+def write_preset(preset: Preset, path: Path, overwrite: bool = False) -> Path:
     """Write ``preset`` to ``path`` and read it back (so a file that would not load is never
-    left behind unnoticed); returns the path."""
+    left behind unnoticed); returns the path. ``SteeringError`` when ``path`` exists and not
+    ``overwrite``."""
     from ..presets.library import read_preset_file
     from ..presets.schema import dump_preset
 
+    if path.exists() and not overwrite:
+        raise SteeringError(f"--write-preset: {path} exists; pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_preset(preset), encoding="utf-8")
     read_preset_file(path)

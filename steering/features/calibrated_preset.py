@@ -10,6 +10,7 @@ from ..plan import SteeringPlan
 from ..presets.saes import declare_sae
 from ..presets.schema import Preset, parse_preset
 from ..sae import SAE
+from .report import prompt_count
 from .sweep import SweepResult
 
 
@@ -18,7 +19,7 @@ def describe_calibration(result: SweepResult) -> str:
     point = next(p for p in result.points if p.multiplier == result.suggested)
     base, s = result.baseline, result.settings
     return (
-        f"Calibrated by steering sweep on {s.get('prompts', '?')} prompts (temperature "
+        f"Calibrated by steering sweep on {prompt_count(result)} (temperature "
         f"{s.get('temperature', '?')}, seed {s.get('seed', '?')}) at multiplier "
         f"{point.multiplier:g} ({result.unit}): concept {result.concept} in "
         f"{point.concept_rate:.0%} of replies vs {base.concept_rate:.0%} unsteered, fluency "

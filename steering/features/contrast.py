@@ -13,7 +13,7 @@ effect size, Cohen's d with the pooled standard deviation. Features are ranked b
 difference by default (ties by effect size), or by effect size (``by="effect_size"``, ties by
 difference). The difference is the default because an SAE is sparse: most features are exactly
 0 on most prompts, so a feature that fires weakly but on every prompt of A and never on B has
-a tiny pooled deviation and a huge d (infinite with one prompt against silent ones) while it
+a tiny pooled deviation and a huge d (infinite if equal on every prompt of A) while it
 barely moves the residual stream; the features that steer a concept fire strongly on it. On the
 demo world, contrasting prompts that bring up the Golden Gate bridge with prompts on other
 topics, the difference puts the features its Golden Gate preset clamps (found by a steering
@@ -47,7 +47,9 @@ from ..textstream import special_tokens
 
 Ranking = Literal["difference", "effect_size"]
 RANKINGS: tuple[Ranking, ...] = ("difference", "effect_size")
-MIN_PROMPTS = 3  # in both sets together: a pooled standard deviation needs 2 degrees of freedom
+# in each set: an effect size needs a spread within each set; one prompt (or copies of one)
+# has none, and its d would only measure the other set's spread
+MIN_DISTINCT = 2
 STATS_BLOCK = 16_384  # features whose statistics are computed at once (float64 copies)
 
 
@@ -62,8 +64,8 @@ class FeatureContrast:
     - ``difference``: ``mean_a - mean_b``.
     - ``effect_size``: Cohen's d, ``difference`` / the pooled standard deviation of the
       per-prompt values (unit-free). When that standard deviation is 0 (every prompt of a set
-      has its set's mean, as when one prompt is set against prompts where the feature never
-      fires) d is ``inf`` (or ``-inf``) if the means differ (the sets are perfectly
+      has its set's mean, as when the feature never fires on set B and equally on each prompt
+      of set A) d is ``inf`` (or ``-inf``) if the means differ (the sets are perfectly
       separated) and 0 if they do not (the feature never varies).
     - ``label``: the SAE's label for the feature, None when it has none.
     """
@@ -146,12 +148,30 @@ def prompt_means(model: SteerableModel, sae: SAE, prompt: PromptTokens) -> Tenso
     return (total / len(prompt.positions)).cpu()
 
 
+def distinct(prompts: Sequence[str]) -> list[int]:
+    """The indices of the first copy of each prompt of ``prompts`` (exact text), in order:
+    a duplicate adds no information, only weight, and would shrink the set's spread."""
+    seen: set[str] = set()
+    keep = []
+    for i, p in enumerate(prompts):
+        if p not in seen:
+            seen.add(p)
+            keep.append(i)
+    return keep
+
+
 def check_sets(
-    prompts_a: Sequence[str], prompts_b: Sequence[str], top: int, limits: Limits = Limits()
+    prompts_a: Sequence[str],
+    prompts_b: Sequence[str],
+    top: int,
+    limits: Limits = Limits(),
+    baseline: bool = False,
 ) -> None:
-    """``RequestError``/``LimitError`` naming the bad value: an empty set, fewer than
-    ``MIN_PROMPTS`` prompts in all, more than ``limits.max_contrast_prompts`` in all, a prompt
-    longer than ``limits.max_contrast_prompt_chars`` characters, or ``top`` outside
+    """``RequestError``/``LimitError`` naming the bad value: an empty set, a set of fewer
+    than ``MIN_DISTINCT`` distinct prompts (duplicates count once), more than
+    ``limits.max_contrast_prompts`` prompts sent (both sets; only set A when ``baseline``
+    says set B is the built-in baseline, which the user did not send), a prompt longer than
+    ``limits.max_contrast_prompt_chars`` characters, or ``top`` outside
     1..``limits.max_contrast_results``."""
     for name, prompts in (("prompts", prompts_a), ("against", prompts_b)):
         if not prompts:
@@ -165,19 +185,24 @@ def check_sets(
                     f"{limits.max_contrast_prompt_chars} (max_contrast_prompt_chars)",
                     param=name,
                 )
-    n = len(prompts_a) + len(prompts_b)
-    if n < MIN_PROMPTS:
-        raise RequestError(
-            f"prompts: {n} prompts in both sets, at least {MIN_PROMPTS} are needed for a "
-            "standard deviation",
-            param="prompts",
-        )
-    if n > limits.max_contrast_prompts:
+    sent = len(prompts_a) + (0 if baseline else len(prompts_b))
+    if sent > limits.max_contrast_prompts:
+        where = "" if baseline else " in both sets"
         raise LimitError(
-            f"prompts: {n} prompts in both sets, at most {limits.max_contrast_prompts} "
+            f"prompts: {sent} prompts{where}, at most {limits.max_contrast_prompts} "
             "(max_contrast_prompts)",
             param="prompts",
         )
+    for name, prompts in (("prompts", prompts_a), ("against", prompts_b)):
+        n = len(distinct(prompts))
+        if n < MIN_DISTINCT:
+            dropped = len(prompts) - n
+            note = f" ({dropped} duplicate{'s' * (dropped != 1)} dropped)" if dropped else ""
+            raise RequestError(
+                f"{name}: {n} distinct prompt{'s' * (n != 1)}{note}, at least {MIN_DISTINCT} "
+                "are needed in each set for an effect size (a spread within the set)",
+                param=name,
+            )
     if (
         isinstance(top, bool)
         or not isinstance(top, int)
@@ -188,15 +213,43 @@ def check_sets(
         )
 
 
+Places = tuple[Sequence[str], Sequence[str]]  # what errors call each prompt of A and of B
+
+
 def render_sets(
-    model: SteerableModel, prompts: Sequence[str], against: Sequence[str], limits: Limits
+    model: SteerableModel,
+    prompts: Sequence[str],
+    against: Sequence[str],
+    limits: Limits,
+    places: Places | None = None,
 ) -> list[PromptTokens]:
-    """Both sets rendered (``prompt_tokens``), set A first; errors name the prompt."""
+    """Both sets rendered (``prompt_tokens``), set A first; errors name the prompt as
+    ``places`` does (one name per prompt of each set; default "prompts.i", "against.i")."""
+    if places is None:
+        places = (
+            [f"prompts.{i}" for i in range(len(prompts))],
+            [f"against.{i}" for i in range(len(against))],
+        )
     return [
-        prompt_tokens(model.tokenizer, p, limits, model.context_length, f"{name}.{i}")
-        for name, prompts_of in (("prompts", prompts), ("against", against))
-        for i, p in enumerate(prompts_of)
+        prompt_tokens(model.tokenizer, p, limits, model.context_length, place)
+        for prompts_of, places_of in zip((prompts, against), places)
+        for p, place in zip(prompts_of, places_of, strict=True)
     ]
+
+
+def distinct_rendered(
+    model: SteerableModel,
+    prompts: Sequence[str],
+    against: Sequence[str],
+    limits: Limits,
+    places: Places | None = None,
+) -> tuple[list[PromptTokens], int]:
+    """Both sets rendered (``render_sets``: every prompt checked, errors naming its place in
+    what was sent), duplicates dropped (``distinct``); and how many of them are set A's."""
+    rendered = render_sets(model, prompts, against, limits, places)
+    keep_a = distinct(prompts)
+    keep_b = [len(prompts) + i for i in distinct(against)]
+    return [rendered[i] for i in keep_a + keep_b], len(keep_a)
 
 
 def rank_contrast(
@@ -260,27 +313,37 @@ def contrast(
     limits: Limits = Limits(),
     progress: bool = False,
     run: Callable[[Callable[[], Tensor]], Tensor] | None = None,
+    places: Places | None = None,
 ) -> list[FeatureContrast]:
     """The ``top`` features of ``sae`` that fire more on ``prompts`` (set A) than on
     ``against`` (set B; None: the neutral baseline, ``neutral.neutral_prompts(model)``),
     ranked ``by`` difference or effect size (see ``FeatureContrast``, ``rank_contrast``).
 
-    ``run`` runs each prompt's model work (default: here; a server passes its backend's).
+    A prompt given more than once counts once (``distinct``), and each set needs at least
+    ``MIN_DISTINCT`` distinct prompts: with one, a set has no spread, and Cohen's d would only
+    measure the other set's (one prompt against the baseline gave d in the hundreds). The
+    limit ``limits.max_contrast_prompts`` counts the prompts sent: the built-in baseline
+    (``against`` None) is not counted.
+
+    ``run`` runs each prompt's model work (default: here; a server passes its backend's);
+    ``places`` names each prompt of A and of B in errors (default "prompts.i", "against.i";
+    a command line names its file and line).
     Raises the errors of ``check_sets`` and ``prompt_tokens``.
     """
     from .neutral import neutral_prompts
 
     b_prompts = list(neutral_prompts(model) if against is None else against)
     a_prompts = list(prompts)
-    check_sets(a_prompts, b_prompts, top, limits)
+    check_sets(a_prompts, b_prompts, top, limits, baseline=against is None)
     if by not in RANKINGS:
         raise RequestError(f"by: {by!r} is not one of {', '.join(RANKINGS)}", param="by")
-    rendered = render_sets(model, a_prompts, b_prompts, limits)
+    if places is not None and against is None:
+        places = (places[0], [f"baseline prompt {i + 1}" for i in range(len(b_prompts))])
+    rendered, n_a = distinct_rendered(model, a_prompts, b_prompts, limits, places)
     means = torch.empty(len(rendered), sae.d_sae, dtype=torch.float32)
     for i, p in enumerate(tqdm(rendered, desc="contrast", unit="prompt", disable=not progress)):
         job = lambda p=p: prompt_means(model, sae, p)  # noqa: E731
         means[i] = job() if run is None else run(job)
-    n_a = len(a_prompts)
     return rank_contrast(means[:n_a], means[n_a:], top, sae.labels, by)
 
 

@@ -79,12 +79,18 @@ def plot_sweep(result: SweepResult, path: str | Path) -> None:
             "well-formed": [p.well_formed for p in points],
         },
         path,
-        title=f"{result.settings.get('prompts', '?')} prompts per multiplier; suggested: "
+        title=f"{prompt_count(result)} per multiplier; suggested: "
         + ("none" if result.suggested is None else f"{result.suggested:g}"),
-        xlabel=f"multiplier ({result.unit})",
+        xlabel=f"multiplier ({result.unit}); evenly spaced, not to scale",
         right=("fluency (nats/token, lower is better)", [p.fluency for p in points]),
         mark=result.suggested,
     )
+
+
+def prompt_count(result: SweepResult) -> str:
+    """ "1 prompt", "60 prompts" ("? prompts" when the settings do not say)."""
+    n = result.settings.get("prompts", "?")
+    return f"{n} prompt{'' if n == 1 else 's'}"
 
 
 COLUMNS = ("multiplier", "concept_rate", "fluency", "well_formed", "replies")
@@ -93,8 +99,7 @@ COLUMNS = ("multiplier", "concept_rate", "fluency", "well_formed", "replies")
 def format_table(result: SweepResult) -> str:
     """The sweep as a table for people, with what a multiplier means and the suggestion."""
     lines = [
-        f"multiplier: {result.unit}; concept: {result.concept}; "
-        f"{result.settings.get('prompts', '?')} prompts",
+        f"multiplier: {result.unit}; concept: {result.concept}; {prompt_count(result)}",
         f"{'multiplier':>10}  {'concept':>7}  {'fluency':>14}  {'well-formed':>11}",
     ]
     for p in result.points:

@@ -27,9 +27,11 @@ Per multiplier (``SweepPoint``):
 The suggestion (``suggest``): among the multipliers other than 0 whose fluency is at most the
 unsteered fluency plus ``fluency_bound`` nats/token and whose well-formed rate is at least the
 unsteered rate minus ``well_formed_drop``, the one with the highest concept rate (ties: the
-smallest |multiplier|). ``format_table``, ``write_csv``, ``to_json`` and
-``plot_sweep`` in ``steering.features.report`` report a ``SweepResult``; ``preset_for_plan`` and
-``preset_at_scale`` in ``steering.features.calibrated_preset`` turn the suggestion into a preset.
+smallest |multiplier|), provided that rate is above the unsteered one: a steering that brings
+the concept in no more often than no steering at all is no suggestion. ``format_table``,
+``write_csv``, ``to_json`` and ``plot_sweep`` in ``steering.features.report`` report a
+``SweepResult``; ``preset_for_plan`` and ``preset_at_scale`` in
+``steering.features.calibrated_preset`` turn the suggestion into a preset.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from tqdm import tqdm
 
 from ..chat import Message
 from ..engine import Engine
-from ..errors import RequestError, SteeringError
+from ..errors import ChatError, PromptTooLong, RequestError, SteeringError
 from ..limits import PRESET_FILE, Limits
 from ..models import SteerableModel
 from ..plan import SteeringPlan
@@ -221,8 +223,8 @@ def generate_sweep(
     One request per prompt, its rows the multipliers, prompt ``i`` with seed ``seed + i``; the
     engine decodes up to ``max(batch_rows, len(multipliers))`` rows together, admitting the
     next prompts as rows finish. Raises the errors of ``build_sweep_request`` (a bad setting,
-    a prompt too long, a plan that does not fit the model) before anything runs, and the error
-    of a row that failed."""
+    a prompt too long, a plan that does not fit the model) before anything runs (a prompt's
+    error with param ``prompts.i``, ``i`` its index), and the error of a row that failed."""
     if not prompts:
         raise RequestError("prompts: give at least one prompt", param="prompts")
     if len(prompts) > MAX_PROMPTS:
@@ -233,18 +235,15 @@ def generate_sweep(
         raise RequestError(f"batch_rows: {batch_rows} is not in 1..{MAX_BATCH_ROWS}")
     plans = sweep_plans(unit_plan, multipliers)
     limits = Limits(max_batch=max(batch_rows, len(plans)), max_new_tokens=MAX_NEW_TOKENS)
-    requests = [
-        build_sweep_request(
-            model,
-            prompt,
-            plans,
-            SamplingParams(
-                temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + i
-            ),
-            limits=limits,
+    requests = []
+    for i, prompt in enumerate(prompts):
+        sampling = SamplingParams(
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed + i
         )
-        for i, prompt in enumerate(prompts)
-    ]
+        try:
+            requests.append(build_sweep_request(model, prompt, plans, sampling, limits=limits))
+        except (PromptTooLong, ChatError) as e:  # a prompt's fault: name it (param prompts.i)
+            raise type(e)(f"prompts.{i}: {e}", param=f"prompts.{i}") from e
     found = _run(Engine(model, limits=limits), requests, progress)
     replies = [
         SweepReply(i, m, *found[(request.id, j)])
@@ -438,6 +437,12 @@ def suggest(
     if not fit:
         return None, f"no multiplier keeps {bounds}"
     best = max(fit, key=lambda p: (p.concept_rate, -abs(p.multiplier)))
+    if best.concept_rate <= base.concept_rate:
+        return None, (
+            f"no multiplier raises the concept rate above the unsteered "
+            f"{base.concept_rate:.0%} (the best is {best.concept_rate:.0%}, at "
+            f"{best.multiplier:g}) among the multipliers with {bounds}"
+        )
     return best.multiplier, (
         f"the highest concept rate ({best.concept_rate:.0%}, unsteered {base.concept_rate:.0%}) "
         f"among the multipliers with {bounds}"

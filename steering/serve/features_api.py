@@ -20,9 +20,9 @@ from ..errors import Busy, LimitError, SteeringError
 from ..features.contrast import (
     check_sets,
     contrast_json,
+    distinct_rendered,
     prompt_means,
     rank_contrast,
-    render_sets,
 )
 from ..features.labels import check_query, search_labels
 from ..features.neighbours import cached_neighbours, neighbour_json
@@ -142,7 +142,9 @@ class ContrastRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     prompts: list[str] = Field(min_length=1)
     """Set A: user messages, each rendered with the chat template (at most
-    max_contrast_prompts in both sets, max_contrast_prompt_chars characters each)."""
+    max_contrast_prompts in the sets sent, the built-in baseline not counted;
+    max_contrast_prompt_chars characters each). A repeated prompt counts once; each set
+    needs at least 2 distinct prompts for an effect size."""
     against: list[str] | None = None
     """Set B; null or left out: the server's neutral baseline of everyday prompts."""
     sae: str | None = Field(None, max_length=300)
@@ -252,18 +254,19 @@ async def _contrast(service: Service, workers: Workers, raw: bytes, ticket: Any)
     each prompt run by the backend between two decode steps (awaited on the event loop,
     holding no thread); ranked in a worker thread."""
 
-    def prepare() -> tuple[ContrastRequest, str, Any, list[Any], int]:
+    def prepare() -> tuple[ContrastRequest, str, Any, list[Any], int, int]:
         body = parse_contrast_request(parse_json(raw))
         against = body.against if body.against is not None else list(neutral_prompts(service.model))
         try:
-            check_sets(body.prompts, against, body.top, service.limits)
+            neutral = body.against is None
+            check_sets(body.prompts, against, body.top, service.limits, baseline=neutral)
             ref, sae = service.offered_sae(body.sae)
-            rendered = render_sets(service.model, body.prompts, against, service.limits)
+            rendered, n_a = distinct_rendered(service.model, body.prompts, against, service.limits)
         except Exception as e:
             raise _as_api_error(e) from e
-        return body, ref, sae, rendered, len(body.prompts)
+        return body, ref, sae, rendered, n_a, len(body.prompts) + len(against) - len(rendered)
 
-    body, ref, sae, rendered, n_a = await workers.run(prepare)
+    body, ref, sae, rendered, n_a, dropped = await workers.run(prepare)
     means = torch.empty(len(rendered), sae.d_sae, dtype=torch.float32)
     for i, prompt in enumerate(rendered):
         job = partial(prompt_means, service.model, sae, prompt)
@@ -279,6 +282,7 @@ async def _contrast(service: Service, workers: Workers, raw: bytes, ticket: Any)
             "prompts": n_a,
             "against": len(rendered) - n_a,
             "neutral": body.against is None,
+            "duplicates": dropped,
             "data": [contrast_json(f) for f in found],
         }
 

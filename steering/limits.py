@@ -85,7 +85,9 @@ class Limits:
     )
     # Search by contrast and decoder neighbours (steering.features).
     max_contrast_prompts: int = _limit(
-        64, "most prompts in one search by contrast (both sets together; a forward pass each)"
+        64,
+        "most prompts in one search by contrast (the sets a client sends, together; the built-in "
+        "baseline not counted; a forward pass each)",
     )
     max_contrast_prompt_chars: int = _limit(
         2_000, "most characters in one prompt of a search by contrast"

@@ -134,5 +134,5 @@ class PresetRegistry:
         close += [s for s in slugs if key and key in s and s not in close][:5]
         message = f"no preset named {name!r}"
         if close:
-            message += f"; did you mean: {', '.join(close)}?"
-        return message + f" Available: {', '.join(slugs) or 'none'}"
+            message += f"; did you mean: {', '.join(close)}"
+        return message + f". Available: {', '.join(slugs) or 'none'}"

@@ -121,6 +121,17 @@ def replies(page) -> tuple[str, str]:
     return last("steered"), last("baseline")
 
 
+def clear_chat(page) -> None:
+    """Clear the chat and wait for the server's answer to land: a Clear still on its way could
+    otherwise empty the next reply's panes and notice after they are shown."""
+    page.locator("#clear").click()
+    page.wait_for_function(
+        "() => !document.querySelector('#steered .message')"
+        " && !document.querySelector('#baseline .message')",
+        timeout=30_000,
+    )
+
+
 def replies_done(page) -> int:
     """How many replies the page says have ended (its own signal: body[data-replies])."""
     return int(page.evaluate("() => Number(document.body.dataset.replies || 0)"))
@@ -181,7 +192,7 @@ def test_the_page_end_to_end(server, browser, tmp_path):
     assert page.locator("#steered .message.user").count() == 1
 
     # Slider at 0: the next reply of both panes is the same.
-    page.locator("#clear").click()
+    clear_chat(page)
     set_number(page, "feature-0", 0)
     wait_status(page, "0 active features", "active")
     steered, baseline = send_and_wait(page, server, "hello how are you")
@@ -461,7 +472,7 @@ def test_the_demo_page_says_what_answers_and_the_bridge_feature_works(demo_serve
     assert "bridge" in steered.lower() and "bridge" not in baseline.lower(), (steered, baseline)
 
     # Under every character limit, over the model's context.
-    page.locator("#clear").click()
+    clear_chat(page)
     context = service.model.context_length
     long_message = " ".join(["the cat is on the mat"] * (context // 6 + 2))
     before = replies_done(page)

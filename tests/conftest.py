@@ -10,6 +10,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ["STEERING_HOME"] = tempfile.mkdtemp(prefix="steering-home-")
 sys.path.insert(0, str(Path(__file__).parent))  # tiny_models, sae_fixtures
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def own_steering_home(tmp_path_factory, monkeypatch):
+    """Each test its own STEERING_HOME: statistics or labels one test computes for the demo SAE
+    (its user folder) never reach another test's demo SAE."""
+    monkeypatch.setenv("STEERING_HOME", str(tmp_path_factory.mktemp("steering-home")))

@@ -57,3 +57,28 @@ def test_a_hub_sae_loads_the_users_statistics_and_labels(tmp_path, monkeypatch):
     assert after.labels == {3: "bridges"}
     # a local SAE of the same files reads only its own folder
     assert load_sae(written.path).max_activation is None
+
+
+def test_the_shipped_sae_by_its_path_reads_the_users_labels_merged():
+    """``demo-sae`` and the path of its folder are one SAE: labels imported for it show either
+    way, added to its shipped labels (an import of some labels keeps the others)."""
+    from steering.demo import SAE_DIR
+
+    shipped = load_sae(SAE_DIR)
+    own = user_folder("demo-sae")
+    assert (
+        user_folder(str(SAE_DIR)) == own == steering_home() / "sae-files" / "shipped" / "demo-sae"
+    )
+    assert user_folder(str(SAE_DIR / "cfg.json")) == own
+    assert feature_files_folder(str(SAE_DIR)) == own
+    own.mkdir(parents=True, exist_ok=True)
+    (own / "feature_labels.json").write_text(json.dumps({"5": "imported five"}))
+    try:
+        for source in ("demo-sae", SAE_DIR, str(SAE_DIR)):
+            labels = load_sae(source).labels
+            assert labels[5] == "imported five"
+            assert {i: t for i, t in labels.items() if i != 5} == {
+                i: t for i, t in shipped.labels.items() if i != 5
+            }
+    finally:
+        (own / "feature_labels.json").unlink()

@@ -20,8 +20,6 @@ import pytest
 from hub_cache import gemma_scope_sae, tiny_gemma2_it
 from safetensors import safe_open
 
-from steering.presets.library import read_preset_file
-
 MODEL = "google/gemma-2-2b-it"
 PRESET = "gemma-2-2b-it-anger"  # clamps feature 12910 of the layer-10 SAE at 5x max activation
 FEATURE = 12910
@@ -125,14 +123,12 @@ def test_sae_stats_then_a_shipped_gemma_preset_then_a_sweep(world):
         "12",
         "--out",
         "sweep",
-        "--write-preset",
-        "calibrated.json",
     )
     with open(root / "sweep" / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
     assert [float(r["multiplier"]) for r in rows] == [0.0, 1.0, 4.0]
     assert (root / "sweep" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    calibrated = read_preset_file(root / "calibrated.json")
-    assert calibrated.saes[0].ref == sae_ref and calibrated.edits[0].feature == FEATURE
-    suggested = json.loads((root / "sweep" / "sweep.json").read_text())["suggested"]
-    assert calibrated.scale == pytest.approx(suggested)
+    result = json.loads((root / "sweep" / "sweep.json").read_text())
+    assert [p["multiplier"] for p in result["points"]] == [0.0, 1.0, 4.0]
+    # a random model never speaks of anger: no multiplier gains, so none is suggested
+    assert result["suggested"] is None and "no multiplier raises" in result["reason"]

@@ -103,7 +103,7 @@ def load_sae(
     sae = with_sidecars(sae, target if target.is_dir() else target.parent)
     own = user_folder(source)  # what the user computed or imported for a Hub or shipped SAE
     if own is not None and own.is_dir():
-        sae = with_sidecars(sae, own)
+        sae = with_sidecars(sae, own, merge=True)
     return sae.to(device=device, dtype=parse_dtype(dtype))
 
 
@@ -127,9 +127,10 @@ def detect_format(path: Path) -> tuple[Format, Path]:
     raise SAELoadError(_unknown_folder_message(path))
 
 
-def with_sidecars(sae: SAE, folder: Path) -> SAE:
+def with_sidecars(sae: SAE, folder: Path, merge: bool = False) -> SAE:
     """Add this project's per-feature statistics, labels and top activating contexts when the
-    folder has them."""
+    folder has them; with ``merge``, its labels and contexts are added to the SAE's own (theirs
+    winning feature by feature: an import of some labels keeps the others)."""
     stats_file, labels_file = folder / FEATURE_STATS_FILE, folder / FEATURE_LABELS_FILE
     contexts_file = folder / FEATURE_CONTEXTS_FILE
     changes: dict[str, Any] = {}
@@ -140,9 +141,11 @@ def with_sidecars(sae: SAE, folder: Path) -> SAE:
             if optional in stats:
                 changes[optional] = require(stats, optional, stats_file)
     if labels_file.is_file():
-        changes["labels"] = _read_labels(labels_file, sae.d_sae)
+        labels = _read_labels(labels_file, sae.d_sae)
+        changes["labels"] = {**sae.labels, **labels} if merge else labels
     if contexts_file.is_file():
-        changes["contexts"] = _read_contexts(contexts_file, sae.d_sae)
+        contexts = _read_contexts(contexts_file, sae.d_sae)
+        changes["contexts"] = {**sae.contexts, **contexts} if merge else contexts
     return replace(sae, **changes) if changes else sae  # replace re-checks shapes
 
 

@@ -34,19 +34,36 @@ def is_local(source: str) -> bool:
     return bool(source) and Path(source).expanduser().exists()
 
 
+def shipped_name(source: str) -> str | None:
+    """The public name of the SAE shipped with steering that ``source`` names, by its name or
+    by the path of its folder (or of a file in it); None for any other SAE."""
+    name = source.strip()
+    if name in SHIPPED_SAES:
+        return name
+    if not is_local(source):
+        return None
+    path = Path(source).expanduser().resolve()
+    for shipped, folder in SHIPPED_SAES.items():
+        if folder().resolve() in (path, path.parent):
+            return shipped
+    return None
+
+
 def user_folder(source: str) -> Path | None:
-    """The user's folder for a Hub or shipped SAE ``source``; None for a local one.
+    """The user's folder for a Hub or shipped SAE ``source`` (the shipped one by its name or
+    its path); None for any other local one.
 
     Raises ``SAELoadError`` for a reference with a ``..`` part (it would leave the folder).
     """
+    shipped = shipped_name(source) if source else None
+    if shipped is not None:
+        return steering_home().joinpath("sae-files", "shipped", shipped)
     if not source or is_local(source):
         return None
     reference = source.strip().removeprefix(HUB_PREFIX).strip("/")
     parts = PurePosixPath(reference).parts
     if not parts or any(p in ("..", ".") for p in parts):
         raise SAELoadError(f"{source!r} cannot name a folder of feature files")
-    if reference in SHIPPED_SAES:
-        parts = ("shipped", *parts)
     return steering_home().joinpath("sae-files", *parts)
 
 

@@ -444,3 +444,34 @@ def test_one_prompt_is_one_prompt():
         "multiplier: x max activation; concept: /b/i; 1 prompt"
     )
     assert describe_calibration(one).startswith("Calibrated by steering sweep on 1 prompt (")
+
+
+def test_blank_prompts_are_refused_naming_where(tmp_path, capsys):
+    from steering.cli import main
+
+    (tmp_path / "blank.json").write_text('["hello", "  "]')
+    (tmp_path / "bom.txt").write_bytes("\ufeff\n".encode())
+    cases = [
+        (
+            ["--prompts", str(tmp_path / "blank.json")],
+            f"{tmp_path / 'blank.json'} item 2 is a blank",
+        ),
+        (["--prompts", str(tmp_path / "bom.txt")], "holds no prompts"),
+        (["--prompt", "hi", "--prompt", "  "], "--prompt 2 is blank"),
+    ]
+    for argv, message in cases:
+        assert main(["sweep", "--feature", "660", "--concept", "bridge", *argv]) == 1
+        assert message in capsys.readouterr().err
+
+
+def test_an_unusable_output_path_is_an_error_not_a_traceback(tmp_path, capsys):
+    from steering.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub"
+    argv = ["labels", "import", str(tmp_path / "x.jsonl"), "--sae", "demo-sae", "--out", str(out)]
+    (tmp_path / "x.jsonl").write_text(
+        '{"modelId": "m", "layer": "s", "index": "1", "description": "one"}\n'
+    )
+    assert main([*argv, "--neuronpedia-id", "m/s"]) == 1
+    assert "Not a directory" in capsys.readouterr().err

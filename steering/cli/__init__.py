@@ -43,6 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SteeringError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)  # a path the user gave (--out, say) is unusable
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (loading, say)
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `steering ... | head`: the reader left; nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -249,6 +249,9 @@ def read_prompts(args: argparse.Namespace, demo: bool) -> list[Any]:
 
     prompts: list[Any] = list(args.prompt)
     args.prompt_places = [f"--prompt {i + 1}" for i in range(len(prompts))]
+    blank = [i + 1 for i, p in enumerate(prompts) if not p.strip()]
+    if blank:
+        raise SteeringError(f"sweep: --prompt {blank[0]} is blank")
     if args.prompts:
         found, places = read_prompt_file_places(args.prompts, "--prompts", allow_json=True)
         prompts += found
@@ -285,7 +288,7 @@ def read_prompt_file_places(
     if file.stat().st_size > MAX_PROMPT_FILE_BYTES:
         raise SteeringError(f"{flag}: {file} is over {MAX_PROMPT_FILE_BYTES} bytes")
     try:
-        text = file.read_bytes().decode("utf-8")
+        text = file.read_bytes().decode("utf-8").removeprefix("\ufeff")  # a BOM is not a prompt
     except UnicodeDecodeError as e:
         raise SteeringError(
             f"{flag}: {file} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x})"
@@ -305,6 +308,9 @@ def read_prompt_file_places(
                 f"{flag}: {file} must hold a JSON list of strings or of chats "
                 '([{"role": "user", "content": "..."}])'
             )
+        blank = [i + 1 for i, p in enumerate(found) if isinstance(p, str) and not p.strip()]
+        if blank:
+            raise SteeringError(f"{flag}: {file} item {blank[0]} is a blank prompt")
         places = [f"{flag} {file} item {i + 1}" for i in range(len(found))]
     else:
         lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]

@@ -267,3 +267,16 @@ def test_the_command_names_a_prompt_by_its_file_and_line(tmp_path, capsys):
     )
     assert main(["contrast", "--prompt", "a b", "--prompt", "x " * 3000]) == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: --prompt 2: 3004 tokens")
+
+
+def test_prompts_that_read_the_same_tokens_count_once(demo):
+    """Texts that differ only in spaces (or case, for the demo's uncased tokenizer) are one
+    prompt to the model: too few distinct prompts is refused, and a repeat changes nothing."""
+    model, sae = demo
+    others = ["why do cats purr ?", "what is the moon made of ?"]
+    with pytest.raises(RequestError, match="prompts: 1 distinct prompt once tokenized"):
+        contrast(model, sae, ["the ocean", "the  ocean ", "The ocean"], others, top=3)
+    two = ["the ocean is deep", "the sea is salty"]
+    assert contrast(model, sae, [*two, "The  ocean is deep"], others, top=5) == contrast(
+        model, sae, two, others, top=5
+    )

@@ -247,9 +247,30 @@ def distinct_rendered(
     """Both sets rendered (``render_sets``: every prompt checked, errors naming its place in
     what was sent), duplicates dropped (``distinct``); and how many of them are set A's."""
     rendered = render_sets(model, prompts, against, limits, places)
-    keep_a = distinct(prompts)
-    keep_b = [len(prompts) + i for i in distinct(against)]
+    keep_a = _distinct_tokens(rendered, distinct(prompts), "prompts")
+    keep_b = _distinct_tokens(rendered, [len(prompts) + i for i in distinct(against)], "against")
     return [rendered[i] for i in keep_a + keep_b], len(keep_a)
+
+
+def _distinct_tokens(rendered: Sequence[PromptTokens], keep: list[int], name: str) -> list[int]:
+    """``keep`` without the prompts whose averaged tokens repeat an earlier one's (texts that
+    differ only where the tokenizer does not: spaces, or case for an uncased one); a
+    ``RequestError`` naming the set when fewer than ``MIN_DISTINCT`` remain."""
+    seen: set[tuple[int, ...]] = set()
+    found = []
+    for i in keep:
+        ids = tuple(rendered[i].token_ids[p] for p in rendered[i].positions)
+        if ids not in seen:
+            seen.add(ids)
+            found.append(i)
+    if len(found) < MIN_DISTINCT:
+        raise RequestError(
+            f"{name}: {len(found)} distinct prompt{'s' * (len(found) != 1)} once tokenized "
+            f"({len(keep) - len(found)} read the same tokens as another), at least "
+            f"{MIN_DISTINCT} are needed in each set for an effect size",
+            param=name,
+        )
+    return found
 
 
 def rank_contrast(

@@ -203,6 +203,13 @@ class _Captured(Exception):
 def residual_stream(model: SteerableModel, token_ids: Sequence[int], hook: HookPoint) -> Tensor:
     """(T, d_in) the residual stream of the unsteered model at ``hook`` for ``token_ids``, in
     the model's dtype, on the device of the hooked layer."""
+    ids = torch.tensor([list(token_ids)], dtype=torch.long, device=model.device)
+    return residual_batch(model, ids, torch.ones_like(ids), hook)[0]
+
+
+def residual_batch(model: SteerableModel, ids: Tensor, mask: Tensor, hook: HookPoint) -> Tensor:
+    """(B, T, d_in) the unsteered residual stream at ``hook`` for a right-padded batch ``ids``
+    (B, T) with ``mask`` (B, T), in the model's dtype; the layers after the hook never run."""
     layer = model.layers[hook.layer]
     seen: list[Tensor] = []
 
@@ -218,17 +225,16 @@ def residual_stream(model: SteerableModel, token_ids: Sequence[int], hook: HookP
         handle = layer.register_forward_hook(post)
     else:
         handle = layer.register_forward_pre_hook(pre, with_kwargs=True)
-    ids = torch.tensor([list(token_ids)], dtype=torch.long, device=model.device)
     try:
         with torch.inference_mode():
-            model.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+            model.model(input_ids=ids, attention_mask=mask, use_cache=False)
     except _Captured:
         pass
     finally:
         handle.remove()
     if not seen:
         raise RuntimeError(f"the forward pass never reached {hook}")
-    return seen[0].reshape(len(token_ids), -1)
+    return seen[0].reshape(*ids.shape, -1)
 
 
 def token_texts(tokenizer: Any, token_ids: Sequence[int]) -> tuple[str, ...]:

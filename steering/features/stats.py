@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ..activations import residual_batch
 from ..errors import SteeringError
 from ..formats import MAX_CONTEXT_CHARS
-from ..hookpoint import HookPoint
 from ..models import SteerableModel
 from ..sae import SAE, FeatureContext
 from .corpus import Corpus, sequences
@@ -112,40 +112,6 @@ class FeatureStatistics:
         kept = candidates.gather(1, pick)
         kept[best.values <= 0] = NO_TOKEN  # an activation of 0 is no context
         self.top_windows[better] = kept
-
-
-class _Captured(Exception):
-    """Raised by the reading hook once it has the residual stream: later layers never run."""
-
-
-def residual_batch(model: SteerableModel, ids: Tensor, mask: Tensor, hook: HookPoint) -> Tensor:
-    """(B, T, d_in) the unsteered residual stream at ``hook`` for a right-padded batch ``ids``
-    (B, T) with ``mask`` (B, T), in the model's dtype; the layers after the hook never run."""
-    layer = model.layers[hook.layer]
-    seen: list[Tensor] = []
-
-    def post(_module: Any, _args: Any, output: Any) -> None:
-        seen.append(output[0] if isinstance(output, tuple) else output)
-        raise _Captured
-
-    def pre(_module: Any, args: tuple, kwargs: dict) -> None:
-        seen.append(args[0] if args else kwargs["hidden_states"])
-        raise _Captured
-
-    if hook.site == "resid_post":
-        handle = layer.register_forward_hook(post)
-    else:
-        handle = layer.register_forward_pre_hook(pre, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            model.model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError(f"the forward pass never reached {hook}")
-    return seen[0].reshape(*ids.shape, -1)
 
 
 def batches(

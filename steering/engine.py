@@ -73,7 +73,7 @@ class Engine:
         self.tokenizer = model.tokenizer
         self.limits = limits
         self.max_batch = limits.max_batch
-        self.eos_ids = sorted(_eos_ids(model))
+        self.eos_ids = sorted(eos_token_ids(model))
         specials = sorted(set(getattr(self.tokenizer, "all_special_ids", [])))
         self.special_ids = torch.tensor(specials, dtype=torch.long, device=model.device)
         self.device = model.device
@@ -250,23 +250,12 @@ class Engine:
         return events
 
     def _advance(self, r: RowState, token: int) -> Event:
-        n, params = len(r.tokens), r.request.params
-        if token in self.eos_ids:
-            return self._finish(r, "stop", r.stream.flush())
-        delta = r.stream.push(token, can_stop=n >= params.min_new_tokens)
-        if r.stream.stopped:
-            return self._finish(r, "stop", delta)
-        if n >= params.max_new_tokens:
-            return self._finish(r, "length", delta + r.stream.flush())
-        return Event(r.request.id, r.index, delta, token, None, len(r.row.prompt_ids), n)
+        return advance_row(r, token, self.eos_ids)
 
     def _finish(
         self, r: RowState, reason: str, delta: str = "", error: BaseException | None = None
     ) -> Event:
-        r.finish = reason
-        token = r.tokens[-1] if r.tokens else None
-        prompt, done = len(r.row.prompt_ids), len(r.tokens)
-        return Event(r.request.id, r.index, delta, token, reason, prompt, done, error)
+        return finish_row(r, reason, delta, error)
 
     def _left_padded(self, prompts: list[tuple[int, ...]]) -> tuple[Tensor, Tensor]:
         """(B, T) ids and attention mask of ``prompts``, right-aligned."""
@@ -285,7 +274,33 @@ class Engine:
         return torch.isin(ids, self.special_ids)
 
 
-def _eos_ids(model: SteerableModel) -> set[int]:
+def advance_row(r: RowState, token: int, eos_ids: Sequence[int]) -> Event:
+    """Row ``r``'s event for its newest ``token`` (already appended to ``r.tokens``): its text,
+    or its end at EOS, a stop string or ``max_new_tokens``. Shared by every backend, so the
+    same tokens give the same text and finish reason."""
+    n, params = len(r.tokens), r.request.params
+    if token in eos_ids:
+        return finish_row(r, "stop", r.stream.flush())
+    delta = r.stream.push(token, can_stop=n >= params.min_new_tokens)
+    if r.stream.stopped:
+        return finish_row(r, "stop", delta)
+    if n >= params.max_new_tokens:
+        return finish_row(r, "length", delta + r.stream.flush())
+    return Event(r.request.id, r.index, delta, token, None, len(r.row.prompt_ids), n)
+
+
+def finish_row(
+    r: RowState, reason: str, delta: str = "", error: BaseException | None = None
+) -> Event:
+    """Row ``r``'s final event, ending with ``reason``."""
+    r.finish = reason
+    token = r.tokens[-1] if r.tokens else None
+    prompt, done = len(r.row.prompt_ids), len(r.tokens)
+    return Event(r.request.id, r.index, delta, token, reason, prompt, done, error)
+
+
+def eos_token_ids(model: SteerableModel) -> set[int]:
+    """The token ids that end a reply: the generation config's and the tokenizer's EOS."""
     ids: set[int] = set()
     for source in (getattr(model.model, "generation_config", None), model.tokenizer):
         value = getattr(source, "eos_token_id", None)

@@ -80,20 +80,44 @@ class SAEEdits:
     def coefficients(self, x: Tensor, allowed: Tensor | None) -> Tensor:
         """(B, T, K) feature activation deltas at residual ``x`` (B, T, d) float32;
         ``allowed`` (B, T, K) bool masks the positions each edit may steer (None: all)."""
-        coef = self.add  # (rows, 1, K)
-        if self.has_clamp:
-            f = self.sae.encode(x)  # (B, T, K): only the steered columns
-            coef = coef + torch.where(self.is_clamp, self.target - f, 0.0)
-        if allowed is not None:
-            coef = coef * allowed
-        if self.sae.normalization != "none":
-            coef = coef * self.sae.token_scale(x)
-        return coef
+        return feature_coefficients(
+            self.sae, x, self.add, self.is_clamp, self.target, self.has_clamp, allowed
+        )
 
     def allowed(self, generated: Tensor, special: Tensor) -> Tensor:
         """(B, T, K) bool: where each edit may steer, given (B, T) generated/special masks."""
         allowed = torch.where(generated[..., None], self.allow_generated, self.allow_prompt)
         return allowed & ~(special[..., None] & self.skip_special)
+
+
+def feature_coefficients(
+    sae: SAE,
+    x: Tensor,
+    add: Tensor,
+    is_clamp: Tensor,
+    target: Tensor,
+    has_clamp: bool = True,
+    allowed: Tensor | None = None,
+) -> Tensor:
+    """The steering maths of both backends: (..., K) feature activation deltas at residual
+    ``x`` (..., d) float32, for a narrow SAE of K steered columns (``SAE.select``).
+
+    ``add``, ``is_clamp`` (bool) and ``target`` broadcast against (..., K): per row (B, 1, K)
+    for this project's engine, per token (N, 1, K) for vLLM's flattened batch. A clamped
+    feature gets ``target - f(x)``, an added one ``add``; ``allowed`` (bool, same shape) masks
+    where edits may steer (None: everywhere). A normalising SAE's deltas are scaled by the
+    token's normalisation factor, as its decode does. Where nothing is edited the delta is
+    exactly 0, so an unsteered row or token is left bit-identical.
+    """
+    coef = add
+    if has_clamp:
+        f = sae.encode(x)  # (..., K): only the steered columns
+        coef = coef + torch.where(is_clamp, target - f, 0.0)
+    if allowed is not None:
+        coef = coef * allowed
+    if sae.normalization != "none":
+        coef = coef * sae.token_scale(x)
+    return coef
 
 
 class LayerIntervention:

@@ -10,6 +10,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ["STEERING_HOME"] = tempfile.mkdtemp(prefix="steering-home-")
 sys.path.insert(0, str(Path(__file__).parent))  # tiny_models, sae_fixtures
 
+# The vLLM backend's suite needs vLLM (its own virtualenv): `make test-vllm` runs it.
+collect_ignore = [] if os.environ.get("STEERING_TEST_VLLM") == "1" else ["vllm_backend"]
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -53,16 +53,24 @@ def golden_gate_preset(value: float = 10.0) -> dict:
     }
 
 
-def tiny_service(root: Path, limits: Limits = Limits()) -> Service:
+def tiny_service(
+    root: Path,
+    limits: Limits = Limits(),
+    model: SteerableModel | None = None,
+    backend: Any = None,
+) -> Service:
+    """The tiny llama (or ``model``, named "tiny-llama", of hidden size ``HIDDEN``) with the
+    test SAE and preset, on this project's engine (or ``backend``, see ``Service``)."""
     from steering.formats import load_sae
 
     sae_dir, presets = write_files(root)
-    net = tiny_model("llama")
-    net.name_or_path = "tiny-llama"
-    layers, template = find_layers(net)
-    model = SteerableModel(net, tiny_tokenizer(), layers, template)
+    if model is None:
+        net = tiny_model("llama")
+        net.name_or_path = "tiny-llama"
+        layers, template = find_layers(net)
+        model = SteerableModel(net, tiny_tokenizer(), layers, template)
     registry = PresetRegistry.discover([presets], builtin=False, environ={})
-    return Service(model, {"tiny-sae": load_sae(sae_dir)}, registry, limits)
+    return Service(model, {"tiny-sae": load_sae(sae_dir)}, registry, limits, backend=backend)
 
 
 @dataclass

@@ -52,6 +52,29 @@ def add_serve_command(subparsers: Any) -> None:
         help="require Authorization: Bearer KEY on /v1 (each key is a visitor); repeat, or set "
         "$STEERING_API_KEYS (comma-separated)",
     )
+    serve_cmd.add_argument(
+        "--backend",
+        choices=("own", "vllm"),
+        default="own",
+        help="the engine that runs the model: own (transformers, any model, the default) or "
+        "vllm (paged attention, compiled; needs `make install-vllm`)",
+    )
+    vllm = serve_cmd.add_argument_group("vLLM backend (--backend vllm)")
+    vllm.add_argument("--vllm-eager", action="store_true", help="no compilation or CUDA graphs")
+    vllm.add_argument(
+        "--vllm-in-process", action="store_true", help="run vLLM's engine core in this process"
+    )
+    vllm.add_argument("--vllm-tensor-parallel", type=int, default=1, metavar="N", help="GPUs (1)")
+    vllm.add_argument(
+        "--vllm-kv-cache-gib", type=int, default=1, metavar="GIB", help="KV cache on CPU (1)"
+    )
+    vllm.add_argument(
+        "--vllm-gpu-memory-utilization",
+        type=float,
+        default=0.85,
+        metavar="F",
+        help="share of GPU memory vLLM may use (0.85)",
+    )
     for f in fields(Limits):
         flag = "--" + f.name.replace("_", "-")
         kind = int if f.type in ("int", int) else float
@@ -63,7 +86,7 @@ def add_serve_command(subparsers: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``steering serve``: load the model, SAEs and presets with the flags' limits and serve."""
-    from ..serve.app import ServeConfig, serve
+    from ..serve.app import ServeConfig, VLLMOptions, serve
 
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
     keys = [*args.api_key, *os.environ.get("STEERING_API_KEYS", "").split(",")]
@@ -79,6 +102,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=limits,
         trusted_proxies=tuple(args.trusted_proxy),
         api_keys=tuple(key.strip() for key in keys if key.strip()),
+        backend=args.backend,
+        vllm=VLLMOptions(
+            eager=args.vllm_eager,
+            in_process=args.vllm_in_process,
+            tensor_parallel_size=args.vllm_tensor_parallel,
+            kv_cache_gib=args.vllm_kv_cache_gib,
+            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+        ),
     )
     serve(config)
     return 0

@@ -28,6 +28,17 @@ log = logging.getLogger("steering.server")
 
 
 @dataclass(frozen=True)
+class VLLMOptions:
+    """``--vllm-...`` flags: see ``steering.vllm.backend.VLLMSettings``."""
+
+    eager: bool = False
+    in_process: bool = False
+    tensor_parallel_size: int = 1
+    kv_cache_gib: int = 1
+    gpu_memory_utilization: float = 0.85
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """What ``steering serve`` loads and where it listens; ``trusted_proxies`` and
     ``api_keys`` are the ``Access`` its API gives visitors (``steering.serve.visitors``)."""
@@ -43,6 +54,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     trusted_proxies: Sequence[str] = ()
     api_keys: Sequence[str] = ()
+    backend: str = "own"  # "own": this project's engine; "vllm": vLLM (steering.vllm)
+    vllm: VLLMOptions = field(default_factory=lambda: VLLMOptions())
 
 
 def create_app(service: Service, *, page: bool = True, access: Access | None = None) -> FastAPI:
@@ -178,7 +191,40 @@ def load_service(config: ServeConfig) -> Service:
         saes[ref] = load_sae(ref, device=model.device)
     for problem in registry.problems:
         log.warning("preset skipped: %s", problem)
-    return Service(model, saes, registry, config.limits, model_id=model_id)
+    backend = None
+    if config.backend == "vllm":
+        backend = _vllm_backend(config, model_id is not None)
+    elif config.backend != "own":
+        raise SteeringError(f"backend {config.backend!r} is not one of own, vllm")
+    return Service(model, saes, registry, config.limits, model_id=model_id, backend=backend)
+
+
+def _vllm_backend(config: ServeConfig, demo: bool) -> Any:
+    """A factory of the vLLM backend for a service: it hooks the service's SAEs."""
+    from ..vllm.backend import VLLMSettings, start_vllm_backend
+
+    if demo:
+        from ..demo import MODEL_DIR
+
+        source, dtype = str(MODEL_DIR), "float32"
+    else:
+        source, dtype = str(config.model), config.dtype or "auto"
+    options = config.vllm
+    settings = VLLMSettings(
+        model=source,
+        dtype=dtype,
+        enforce_eager=options.eager,
+        multiprocess=not options.in_process,
+        tensor_parallel_size=options.tensor_parallel_size,
+        kv_cache_gib=options.kv_cache_gib,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+    )
+
+    def start(service: Service) -> Any:
+        saes = list({id(sae): sae for sae in service.resolver.loaded.values()}.values())
+        return start_vllm_backend(service.model, saes, settings, service.limits)
+
+    return start
 
 
 def _demo_model() -> tuple[Any, dict[str, Any]]:

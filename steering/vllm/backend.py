@@ -60,7 +60,9 @@ class VLLMSettings:
     kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.85
     prefix_caching: bool = True
+    block_size: int | None = None  # KV cache block in tokens (vLLM's default: CPU 128, GPU 16)
     slots: int | None = None
+    compilation_config: dict[str, Any] | None = None  # vLLM's, e.g. {"cudagraph_mode": "FULL"}
     seed: int = 0
     self_test: bool = True
 
@@ -113,10 +115,19 @@ def start_vllm_backend(
         max_num_seqs=limits.max_batch,
         enforce_eager=settings.enforce_eager,
         enable_prefix_caching=settings.prefix_caching,
+        # the worker reads each request's newest token on the host (special tokens): a
+        # scheduler running a step ahead would not have it yet
+        async_scheduling=False,
+        block_size=settings.block_size,
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         trust_remote_code=False,
         worker_cls="steering.vllm.worker.SteeringWorker",
+        **(
+            {"compilation_config": settings.compilation_config}
+            if settings.compilation_config
+            else {}
+        ),
         additional_config={
             CONFIG_KEY: {
                 "resid_post": sorted(h.layer for h in hooked if h.site == "resid_post"),

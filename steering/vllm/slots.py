@@ -89,9 +89,11 @@ class SlotBank:
             else:
                 self._is_clamp[w.start : w.end, 0, s] = w.allowed
                 self._target[w.start : w.end, 0, s] = w.allowed * w.value
+        # stream-ordered after the previous step's kernels; blocking, so the host buffers
+        # are free to refill for the next step even when the scheduler runs a step ahead
         for host, device in ((self._add, self.add), (self._target, self.target)):
-            device[:clear].copy_(host[:clear], non_blocking=True)
-        self.is_clamp[:clear].copy_(self._is_clamp[:clear], non_blocking=True)
+            device[:clear].copy_(host[:clear])
+        self.is_clamp[:clear].copy_(self._is_clamp[:clear])
         self.filled, self.active = n_tokens, bool(writes)
         self.has_clamp = self.always or any(w.mode == "clamp" for w in writes)
 

@@ -36,13 +36,15 @@ CONFIGS = {
 }
 
 
-def write_model(arch: str, folder: Path, seed: int = 0) -> Path:
+def write_model(arch: str, folder: Path, seed: int = 0, **config_changes) -> Path:
     """A random ``arch`` model, float32, with the tests' word-level tokenizer, saved in
     ``folder`` (safetensors, config.json, tokenizer files)."""
     from tiny_models import tiny_tokenizer
 
     torch.manual_seed(seed)
     config = CONFIGS[arch]()
+    for name, value in config_changes.items():
+        setattr(config, name, value)
     tokenizer = tiny_tokenizer()
     config.bos_token_id = tokenizer.bos_token_id
     config.eos_token_id = tokenizer.eos_token_id

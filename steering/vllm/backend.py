@@ -30,7 +30,7 @@ from ..requests import Request, Row, collect, encode_chat
 from ..sae import SAE
 from ..sampling import SamplingParams
 from .engine import VLLMEngine
-from .worker import CONFIG_KEY
+from .wire import CONFIG_KEY
 
 log = logging.getLogger("steering.vllm")
 

@@ -28,6 +28,7 @@ from ..plan import SteeringPlan
 from ..sae import SAE
 
 EXTRA_ARGS_KEY = "steering"
+CONFIG_KEY = "steering"  # vLLM's additional_config[CONFIG_KEY]: see ``worker.WorkerConfig``
 
 WireEdit = list[Any]  # [sae_key, feature, mode, raw_value, positions, skip_special_tokens]
 

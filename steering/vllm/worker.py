@@ -30,11 +30,10 @@ from torch import Tensor, nn
 from ..errors import SteeringError
 from ..models import find_layers
 from .slots import SlotBank, Stage, TokenWrite
-from .wire import EXTRA_ARGS_KEY, sae_from_payload
+from .wire import CONFIG_KEY, EXTRA_ARGS_KEY, sae_from_payload
 
 log = logging.getLogger("steering.vllm")
 
-CONFIG_KEY = "steering"  # vLLM's additional_config[CONFIG_KEY]: see ``WorkerConfig``
 
 _STAGES: list[Stage] = []  # this process's stages; the op's ``stage`` argument indexes it
 

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_WAIT_POLICY ?= PASSIVE
 export GRADIO_ANALYTICS_ENABLED ?= False
 
-.PHONY: run install test lint bench demo-model screenshots clean install-vllm test-vllm run-vllm gpu-check
+.PHONY: run install test lint bench demo-model screenshots clean install-vllm test-vllm run-vllm gpu-check install-ray install-ray-vllm test-ray load
 
 # Serve the demo page and the OpenAI-compatible API on the shipped demo model; prints the URL.
 # Options: make run ARGS="--port 8000 --model google/gemma-2-2b-it --sae ..."
@@ -58,6 +58,27 @@ run-vllm: install-vllm
 # random model in bf16). Prints a JSON report.
 gpu-check: install-vllm
 	$(VLLM_BIN)/python -m steering.bench.gpu --out gpu-check.json
+
+# Replicas on Ray Serve (`steering serve --replicas N`): Ray in the main virtualenv, and in
+# the vLLM one for vLLM replicas. About 1 min each from a warm pip cache, 1.4 GB.
+install-ray: install $(VENV)/.installed-ray
+$(VENV)/.installed-ray: pyproject.toml
+	$(BIN)/python -m pip install -q torch==2.13.0 -e '.[dev,ray]'
+	touch $@
+install-ray-vllm: install-vllm $(VLLM_VENV)/.installed-ray
+$(VLLM_VENV)/.installed-ray: pyproject.toml
+	$(VLLM_BIN)/python -m pip install -q 'ray[serve]==2.60.*' 'psutil>=5.9'
+	touch $@
+
+# Two replicas of the demo model on Ray Serve, on 127.0.0.1: replies equal one process's,
+# both replicas used, the page, one limit per visitor, loopback only, nothing left running.
+test-ray: install-ray
+	STEERING_TEST_RAY=1 $(BIN)/python -m pytest -q tests/ray_serve
+
+# The load test: 1, 8, 32 and 64 concurrent clients against the own engine and the vLLM
+# backend, in one process and as 2 replicas on Ray Serve; prints the table (about 25 min).
+load: install-ray install-ray-vllm
+	$(VLLM_BIN)/python -m steering.bench.load --out load-results.json $(ARGS)
 
 # Style and type checks.
 lint: install

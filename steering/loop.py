@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .engine import Engine
 from .errors import Busy
@@ -42,13 +42,22 @@ log = logging.getLogger("steering.loop")
 T = TypeVar("T")
 
 
+class Canceller(Protocol):
+    """Who ends a request early: an ``EngineLoop``, or another backend using ``Handle``."""
+
+    def cancel(self, request_id: int) -> None: ...
+
+
 class Handle:
     """The events of one request, in order: exactly one event with a ``finish_reason`` per row,
-    whatever happens (finished, stopped, cancelled at any stage, failed)."""
+    whatever happens (finished, stopped, cancelled at any stage, failed).
 
-    def __init__(self, loop: EngineLoop, request: Request) -> None:
+    ``served_by`` names the model replica answering it, when the backend has several."""
+
+    def __init__(self, loop: Canceller, request: Request) -> None:
         self.loop = loop
         self.request = request
+        self.served_by: str | None = None
         self.events: queue.Queue[Event] = queue.Queue()
         self._open_rows = len(request.rows)  # the reader's count
         self._unfinished = set(range(len(request.rows)))  # the engine thread's count
@@ -108,6 +117,18 @@ class Handle:
             self._wake = None
             if self._open_rows:
                 self.cancel()
+
+    async def abatches(self) -> AsyncIterator[list[Event]]:
+        """``batches`` on the event loop: every event that is ready, at least one, in order
+        (what a replica streams to the entry: one message per batch, not per token)."""
+        async for event in self:
+            batch = [event]
+            while self._open_rows:
+                try:
+                    batch.append(self._take(self.events.get_nowait()))
+                except queue.Empty:
+                    break
+            yield batch
 
     def _take(self, event: Event) -> Event:
         if event.finish_reason is not None:

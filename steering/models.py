@@ -110,26 +110,37 @@ def load_model(
     layers: str | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    weights: bool = True,
 ) -> SteerableModel:
     """Load a causal LM and its tokenizer from a local folder or a Hub id.
 
-    ``device_map="auto"`` spreads a model too large for one device (accelerate). ``layers`` is a
-    module path template such as ``"model.layers.{i}"`` for architectures not found automatically.
+    ``device_map="auto"`` spreads a model too large for one device over every GPU (then the
+    CPU) with accelerate; steering hooks add their deltas on each layer's own device.
+    ``layers`` is a module path template such as ``"model.layers.{i}"`` for architectures not
+    found automatically. ``weights=False`` builds the model on the meta device from its config
+    (no memory, no forward pass): enough to tokenize and check plans where other processes run
+    the model (``steering.ray_serve``'s entry).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "revision": revision}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    if device_map is not None:
+    if device_map is not None and weights:
         kwargs["device_map"] = device_map
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_tok_kwargs(kwargs))
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(name_or_path, **_tok_kwargs(kwargs))
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, **_config_kwargs(kwargs))
+            model.name_or_path = name_or_path
     except (OSError, ValueError) as e:
         raise ModelLoadError(_explain_load_failure(name_or_path, e)) from e
-    if device is not None and device_map is None:
+    if device is not None and device_map is None and weights:
         model.to(device)
     model.eval()
     found, template = find_layers(model, layers)
@@ -192,6 +203,10 @@ def _get_module(root: nn.Module, path: str) -> nn.Module | None:
 
 def _tok_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: kwargs[k] for k in ("trust_remote_code", "revision")}
+
+
+def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: kwargs[k] for k in ("trust_remote_code", "dtype") if k in kwargs}
 
 
 def _explain_load_failure(name: str, error: Exception) -> str:

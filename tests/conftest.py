@@ -12,6 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # tiny_models, sae_fixtures
 
 # The vLLM backend's suite needs vLLM (its own virtualenv): `make test-vllm` runs it.
 collect_ignore = [] if os.environ.get("STEERING_TEST_VLLM") == "1" else ["vllm_backend"]
+# Replicas on Ray Serve need Ray: `make test-ray` runs them.
+if os.environ.get("STEERING_TEST_RAY") != "1":
+    collect_ignore.append("ray_serve")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -124,7 +124,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from ..demo import MODEL_DIR, SAE_DIR
 
         args.model, args.sae = str(MODEL_DIR), args.sae or [str(SAE_DIR)]
-    model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
+    model = load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        layers=args.layers,
+        device_map=args.device_map,
+    )
     saes = [load_sae(s, device=model.device) for s in args.sae]
     plan = SteeringPlan(tuple(parse_feature(spec, saes, args.positions) for spec in args.feature))
     preset_plan = plan_from_args(args, model)  # --preset NAME --scale X --strict

@@ -66,7 +66,13 @@ def cmd_activations(args: argparse.Namespace) -> int:
         model_name, sae_ref = str(MODEL_DIR), sae_ref or DEMO_SAE_REF
     if not sae_ref:
         raise SteeringError("activations: --model needs --sae, the SAE whose features to read")
-    model = load_model(model_name, device=args.device, dtype=args.dtype, layers=args.layers)
+    model = load_model(
+        model_name,
+        device=args.device,
+        dtype=args.dtype,
+        layers=args.layers,
+        device_map=args.device_map,
+    )
     sae = load_sae(sae_ref, device=model.device)
     ids, reply_start = chat_tokens(model.tokenizer, text_or_chat, context=model.context_length)
     found = feature_activations(

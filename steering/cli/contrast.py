@@ -93,7 +93,13 @@ def cmd_contrast(args: argparse.Namespace) -> int:
     against, against_places = read_prompts(
         args.against, "--against", args.against_prompt, "--against-prompt"
     )
-    model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
+    model = load_model(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        layers=args.layers,
+        device_map=args.device_map,
+    )
     sae = load_sae(args.sae, device=model.device, layer=args.layer)
     limits = Limits(
         max_contrast_prompts=UNBOUNDED,

@@ -21,6 +21,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", help="decoder layer path template, e.g. 'model.layers.{i}'")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: where torch puts it)")
     parser.add_argument("--dtype", help="float32, bfloat16 or float16")
+    parser.add_argument(
+        "--device-map",
+        choices=("auto",),
+        help="auto: spread a model too big for one GPU over every GPU (own engine; accelerate)",
+    )
 
 
 def add_serve_command(subparsers: Any) -> None:
@@ -64,7 +69,18 @@ def add_serve_command(subparsers: Any) -> None:
     vllm.add_argument(
         "--vllm-in-process", action="store_true", help="run vLLM's engine core in this process"
     )
-    vllm.add_argument("--vllm-tensor-parallel", type=int, default=1, metavar="N", help="GPUs (1)")
+    vllm.add_argument(
+        "--vllm-tensor-parallel", type=int, default=1, metavar="N", help="GPUs per layer (1)"
+    )
+    vllm.add_argument(
+        "--vllm-pipeline-parallel", type=int, default=1, metavar="N", help="layer stages (1)"
+    )
+    vllm.add_argument(
+        "--vllm-executor",
+        choices=("mp", "ray"),
+        help="how vLLM starts its ranks: mp (one machine, the default) or ray (a Ray cluster "
+        "across machines)",
+    )
     vllm.add_argument(
         "--vllm-kv-cache-gib", type=int, default=1, metavar="GIB", help="KV cache on CPU (1)"
     )
@@ -74,6 +90,35 @@ def add_serve_command(subparsers: Any) -> None:
         default=0.85,
         metavar="F",
         help="share of GPU memory vLLM may use (0.85)",
+    )
+    ray = serve_cmd.add_argument_group(
+        "replicas on Ray Serve (needs `make install-ray` or pip install 'steering[ray]')"
+    )
+    ray.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="serve N copies of the model behind one entry on Ray Serve (0: one process, the "
+        "default)",
+    )
+    ray.add_argument(
+        "--max-replicas", type=int, metavar="M", help="autoscale between N and M replicas"
+    )
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=4.0,
+        metavar="R",
+        help="autoscaling target: requests in flight per replica (4)",
+    )
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C", help="(1)")
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G", help="(0)")
+    ray.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join a running Ray cluster ('auto' or ray://host:10001) instead of starting one "
+        "on 127.0.0.1",
     )
     for f in fields(Limits):
         flag = "--" + f.name.replace("_", "-")
@@ -99,6 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         layers=args.layers,
+        device_map=args.device_map,
         limits=limits,
         trusted_proxies=tuple(args.trusted_proxy),
         api_keys=tuple(key.strip() for key in keys if key.strip()),
@@ -107,9 +153,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             eager=args.vllm_eager,
             in_process=args.vllm_in_process,
             tensor_parallel_size=args.vllm_tensor_parallel,
+            pipeline_parallel_size=args.vllm_pipeline_parallel,
+            executor=args.vllm_executor,
             kv_cache_gib=args.vllm_kv_cache_gib,
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
         ),
     )
-    serve(config)
+    if args.replicas:
+        from ..ray_serve import RayOptions, serve_on_ray
+
+        options = RayOptions(
+            replicas=args.replicas,
+            max_replicas=args.max_replicas,
+            target_ongoing_requests=args.target_ongoing_requests,
+            cpus_per_replica=args.cpus_per_replica,
+            gpus_per_replica=args.gpus_per_replica,
+            address=args.ray_address,
+        )
+        serve_on_ray(config, options)
+    else:
+        serve(config)
     return 0

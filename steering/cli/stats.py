@@ -97,7 +97,13 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     out = args.out or _default_out(args.sae, path, feature_files_folder, user_folder)
     check_output(out, resume=args.resume, overwrite=args.overwrite)  # before the model loads
     with _no_loading_bars(args.quiet):
-        model = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
+        model = load_model(
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            layers=args.layers,
+            device_map=args.device_map,
+        )
     recorded = recorded_context_size(path)
     context = args.context_size or recorded or DEFAULT_CONTEXT
     if model.context_length is not None and context > model.context_length:

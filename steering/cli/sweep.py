@@ -332,7 +332,9 @@ def _load(args: argparse.Namespace, demo: bool) -> tuple[SteerableModel, list]:
         from ..demo import MODEL_DIR, SAE_DIR
 
         name, args.sae = str(MODEL_DIR), args.sae or [str(SAE_DIR)]
-    model = load_model(name, device=args.device, dtype=args.dtype, layers=args.layers)
+    model = load_model(
+        name, device=args.device, dtype=args.dtype, layers=args.layers, device_map=args.device_map
+    )
     saes = [load_sae(s, device=model.device) for s in args.sae] if args.feature else []
     return model, saes
 

@@ -32,11 +32,12 @@ SUGGESTED_PROMPTS = (
 )
 
 
-def load_demo(device: str | None = None) -> tuple[SteerableModel, SAE]:
-    """The shipped demo model and its SAE."""
+def load_demo(device: str | None = None, *, weights: bool = True) -> tuple[SteerableModel, SAE]:
+    """The shipped demo model and its SAE (``weights=False``: the model on the meta device,
+    the SAE on the CPU; see ``steering.models.load_model``)."""
     from ..formats import load_sae
     from ..models import load_model
 
-    model = load_model(str(MODEL_DIR), device=device, dtype="float32")
-    sae = load_sae(SAE_DIR, device=model.device)
+    model = load_model(str(MODEL_DIR), device=device, dtype="float32", weights=weights)
+    sae = load_sae(SAE_DIR, device=model.device if weights else "cpu")
     return model, sae

@@ -34,6 +34,8 @@ class VLLMOptions:
     eager: bool = False
     in_process: bool = False
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    executor: str | None = None  # "mp" or "ray" (vLLM's distributed_executor_backend)
     kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.85
 
@@ -51,6 +53,7 @@ class ServeConfig:
     device: str | None = None
     dtype: str | None = None
     layers: str | None = None
+    device_map: str | None = None  # "auto": the own engine spreads the model over every GPU
     limits: Limits = field(default_factory=Limits)
     trusted_proxies: Sequence[str] = ()
     api_keys: Sequence[str] = ()
@@ -172,30 +175,40 @@ def _mount_page(app: FastAPI, service: Service) -> FastAPI:
     return app
 
 
-def load_service(config: ServeConfig) -> Service:
-    """The model, SAEs and presets ``config`` names, ready to serve."""
+def load_service(config: ServeConfig, *, backend: Any = None) -> Service:
+    """The model, SAEs and presets ``config`` names, ready to serve, on the backend
+    ``config.backend`` names, or on ``backend`` (a ``Backend``, or a function of the service
+    that makes one) when given: then the model is loaded without weights (meta device) and
+    its SAEs on the CPU, for tokenizing and checking plans where the backend runs the model
+    elsewhere (``steering.ray_serve``)."""
     from ..formats import load_sae
     from ..models import load_model
     from ..presets.library import PresetRegistry
 
+    if config.backend not in ("own", "vllm"):
+        raise SteeringError(f"backend {config.backend!r} is not one of own, vllm")
+    weights = backend is None
     registry = PresetRegistry.discover(config.presets)
     model_id = None
     if config.model is None:
-        (model, saes), model_id = _demo_model(), "steering-demo"
+        (model, saes), model_id = _demo_model(weights), "steering-demo"
     else:
         model = load_model(
-            config.model, device=config.device, dtype=config.dtype, layers=config.layers
+            config.model,
+            device=config.device,
+            dtype=config.dtype,
+            layers=config.layers,
+            device_map=config.device_map,
+            weights=weights,
         )
         saes = {}
+    sae_device = model.device if weights else "cpu"
     for ref in config.saes:
-        saes[ref] = load_sae(ref, device=model.device)
+        saes[ref] = load_sae(ref, device=sae_device)
     for problem in registry.problems:
         log.warning("preset skipped: %s", problem)
-    backend = None
-    if config.backend == "vllm":
+    if backend is None and config.backend == "vllm":
         backend = _vllm_backend(config, model_id is not None)
-    elif config.backend != "own":
-        raise SteeringError(f"backend {config.backend!r} is not one of own, vllm")
     return Service(model, saes, registry, config.limits, model_id=model_id, backend=backend)
 
 
@@ -216,6 +229,8 @@ def _vllm_backend(config: ServeConfig, demo: bool) -> Any:
         enforce_eager=options.eager,
         multiprocess=not options.in_process,
         tensor_parallel_size=options.tensor_parallel_size,
+        pipeline_parallel_size=options.pipeline_parallel_size,
+        distributed_executor_backend=options.executor,
         kv_cache_gib=options.kv_cache_gib,
         gpu_memory_utilization=options.gpu_memory_utilization,
     )
@@ -227,14 +242,14 @@ def _vllm_backend(config: ServeConfig, demo: bool) -> Any:
     return start
 
 
-def _demo_model() -> tuple[Any, dict[str, Any]]:
+def _demo_model(weights: bool = True) -> tuple[Any, dict[str, Any]]:
     if importlib.util.find_spec("steering.demo") is None:  # a build without the demo world
         raise SteeringError(
             "no model given and this checkout has no demo model (steering.demo): pass --model"
         )
     from ..demo import load_demo
 
-    model, sae = load_demo()
+    model, sae = load_demo(weights=weights)
     return model, {DEMO_SAE_REF: sae}  # a public name: shared presets never show server paths
 
 

@@ -57,6 +57,10 @@ class EventStream(Protocol):
 
     def __aiter__(self) -> AsyncIterator[Event]: ...
 
+    def abatches(self) -> AsyncIterator[list[Event]]:
+        """``batches`` with ``async for``, holding no thread while it waits."""
+        ...
+
 
 class Backend(Protocol):
     """Runs requests on one model (see the module docstring for the contract)."""

@@ -159,13 +159,19 @@ def build_router(service: Service, visitors: Visitors, workers: Workers) -> APIR
             ticket.release()
             raise
         reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        served_by = _served_by(handle)
         if body.stream:
             events = sse(service, body, handle, reply_id, ticket)
-            return EventStreamResponse(events, handle, ticket)
+            response = EventStreamResponse(events, handle, ticket)
+            response.headers.update(served_by)
+            return response
         try:
-            return await _unless_client_leaves(
+            answer = await _unless_client_leaves(
                 request, complete(service, body, handle, reply_id, plan, warnings, ticket)
             )
+            if served_by and isinstance(answer, dict):
+                return JSONResponse(answer, headers=served_by)
+            return answer
         finally:
             handle.cancel()
             ticket.release()
@@ -304,6 +310,13 @@ async def _unless_client_leaves(request: Request, work: Any) -> Any:
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)  # its handle is cancelled
+
+
+def _served_by(handle: EventStream) -> dict[str, str]:
+    """``X-Steering-Replica``: which model replica answers, when the backend has several
+    (``steering.ray_serve``); no header otherwise."""
+    replica = getattr(handle, "served_by", None)
+    return {"X-Steering-Replica": replica} if replica else {}
 
 
 class EventStreamResponse(StreamingResponse):

@@ -61,7 +61,9 @@ class Service:
         self.model = model
         self.limits = limits
         self.model_id = model_id or short_name(model.name) or "steering-model"
-        self.resolver = SAEResolver(device=model.device)
+        # a weightless model (meta device) runs elsewhere: its SAEs live on the CPU here
+        device = model.device if model.device.type != "meta" else "cpu"
+        self.resolver = SAEResolver(device=device)
         self.saes: dict[str, SAE] = {}  # public reference -> SAE, for "add a feature"
         for ref, sae in saes.items():
             self.add_sae(ref, sae)

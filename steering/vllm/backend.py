@@ -45,10 +45,15 @@ class VLLMSettings:
     model the server keeps for tokenizing, checking plans and the activation tools).
     ``enforce_eager`` turns vLLM's compilation off (Dynamo/Inductor, and CUDA graphs on a GPU).
     ``multiprocess`` runs vLLM's engine core in its own process (vLLM's default); off, it runs
-    in this process (starts faster, for tests). ``kv_cache_gib`` sizes the KV cache on CPU
-    (``VLLM_CPU_KVCACHE_SPACE``); ``gpu_memory_utilization`` on a GPU. ``slots`` bounds the
-    distinct features of one SAE steered at once (default ``max_edits * max_batch``: never
-    reached). ``self_test`` checks at start-up that steering reaches the model.
+    in this process (starts faster, for tests). ``tensor_parallel_size`` splits every layer
+    over that many GPUs (CPU: processes), ``pipeline_parallel_size`` splits the layers into
+    that many stages; ``distributed_executor_backend="ray"`` places the ranks on a Ray
+    cluster, across machines (vLLM's multi-node mode). Every rank gets every SAE and applies
+    the same steering to the full residual stream it holds. ``kv_cache_gib`` sizes the KV
+    cache on CPU (``VLLM_CPU_KVCACHE_SPACE``); ``gpu_memory_utilization`` on a GPU.
+    ``slots`` bounds the distinct features of one SAE steered at once (default
+    ``max_edits * max_batch``: never reached). ``self_test`` checks at start-up that
+    steering reaches the model.
     """
 
     model: str
@@ -56,6 +61,8 @@ class VLLMSettings:
     enforce_eager: bool = False
     multiprocess: bool = True
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    distributed_executor_backend: str | None = None  # vLLM's: "mp" (one machine) or "ray"
     max_model_len: int | None = None
     kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.85
@@ -120,6 +127,8 @@ def start_vllm_backend(
         async_scheduling=False,
         block_size=settings.block_size,
         tensor_parallel_size=settings.tensor_parallel_size,
+        pipeline_parallel_size=settings.pipeline_parallel_size,
+        distributed_executor_backend=settings.distributed_executor_backend,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         trust_remote_code=False,
         worker_cls="steering.vllm.worker.SteeringWorker",

@@ -1,0 +1,182 @@
+"""The parts of ``steering serve --replicas`` that need no Ray: what travels to a replica,
+the entry's weightless model, the deployment options, and the command line's checks. The
+whole server on Ray Serve is tested by ``make test-ray`` (tests/ray_serve)."""
+
+from __future__ import annotations
+
+import pickle
+from functools import partial
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from random_saes import random_sae
+
+from steering.cli import main
+from steering.demo import load_demo
+from steering.errors import SteeringError
+from steering.features.contrast import PromptTokens, prompt_means
+from steering.limits import Limits
+from steering.plan import FeatureEdit, SteeringPlan
+from steering.ray_serve import RayOptions, app_builder
+from steering.ray_serve.app import _cores_per_replica, replica_deployment_options
+from steering.ray_serve.wire import WireError, dumps, loads
+from steering.requests import build_request
+from steering.sampling import SamplingParams
+from steering.serve.app import ServeConfig, create_app, load_service
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo()
+
+
+def test_a_request_travels_with_the_replicas_own_sae(demo):
+    model, sae = demo
+    other = random_sae(128, 32, layer=1)
+    plan = SteeringPlan(
+        (
+            FeatureEdit(sae, 5, "clamp", 4.0, unit="max_act", positions="generated"),
+            FeatureEdit(other, 3, "add", -2.5, skip_special_tokens=True),
+        )
+    )
+    request = build_request(model, "hello there", plan, SamplingParams(temperature=0.3, seed=9))
+    request.visitor = "key:abc"
+    data = dumps(request, model, {"demo": sae, "demo-path": sae, "other": other})
+    assert len(data) < 4096  # references, not weights
+    here_sae, here_other = pickle.loads(pickle.dumps(sae)), random_sae(128, 32, layer=1)
+    got = loads(data, model, {"demo": here_sae, "other": here_other})
+    assert got.rows[0].prompt_ids == request.rows[0].prompt_ids
+    assert (got.id, got.visitor, got.sampling) == (request.id, "key:abc", request.sampling)
+    first, second = got.rows[0].plan.edits
+    assert first.sae is here_sae and second.sae is here_other
+    assert (first.feature, first.mode, first.value, first.unit, first.positions) == (
+        5,
+        "clamp",
+        4.0,
+        "max_act",
+        "generated",
+    )
+    assert (second.feature, second.mode, second.value, second.skip_special_tokens) == (
+        3,
+        "add",
+        -2.5,
+        True,
+    )
+    assert first.raw_value == 4.0 * sae.max_activation_of(5)
+
+
+def test_an_sae_the_replica_lacks_is_named(demo):
+    model, sae = demo
+    request = build_request(model, "hi", SteeringPlan((FeatureEdit(sae, 1, "add", 1.0),)))
+    data = dumps(request, model, {"demo": sae})
+    with pytest.raises(
+        WireError, match=r"SAE 'demo' is not loaded on this replica \(has: \['x'\]\)"
+    ):
+        loads(data, model, {"x": sae})
+    stranger = random_sae(128, 32, layer=1)
+    with pytest.raises(WireError, match="is not one the server has loaded"):
+        dumps(SteeringPlan((FeatureEdit(stranger, 1, "add", 1.0),)), model, {"demo": sae})
+
+
+def test_a_job_runs_on_the_replicas_model_with_the_same_result(demo):
+    model, sae = demo
+    ids = tuple(model.tokenizer("the bridge in the fog")["input_ids"])
+    prompt = PromptTokens(ids, tuple(range(1, len(ids))))
+    job = partial(prompt_means, model, sae, prompt)
+    weightless = load_service(ServeConfig(), backend=lambda service: None)
+    sent = dumps(
+        partial(prompt_means, weightless.model, weightless.saes["demo-sae"], prompt),
+        weightless.model,
+        weightless.resolver.loaded,
+    )
+    assert len(sent) < 4096
+    received = loads(sent, model, {"demo-sae": sae})
+    assert received.args[0] is model and received.args[1] is sae
+    assert torch.equal(received(), job())
+
+
+def test_the_entry_model_has_no_weights_and_builds_the_same_requests(demo):
+    model, _ = demo
+    entry = load_service(ServeConfig(), backend=lambda service: None)
+    assert entry.model.device.type == "meta" and model.device.type == "cpu"
+    assert all(p.device.type == "meta" for p in entry.model.model.parameters())
+    assert (entry.model.num_layers, entry.model.hidden_size, entry.model.context_length) == (
+        model.num_layers,
+        model.hidden_size,
+        model.context_length,
+    )
+    assert entry.saes["demo-sae"].W_dec.device.type == "cpu"
+    assert len(entry.presets) == 6
+    plan, _ = entry.plan(entry.preset("Golden Gate Bridge").preset)
+    chat = [{"role": "user", "content": "Tell me about your day."}]
+    sampling = SamplingParams(max_new_tokens=40)
+    ours = build_request(entry.model, chat, plan, sampling, limits=entry.limits)
+    theirs = build_request(model, chat, None, sampling)
+    assert ours.rows[0].prompt_ids == theirs.rows[0].prompt_ids
+    assert ours.sampling == theirs.sampling
+    assert [e.raw_value for e in ours.rows[0].plan.edits] == [
+        e.raw_value for e in entry.plan(entry.preset("Golden Gate Bridge").preset)[0].edits
+    ]
+
+
+def test_one_process_names_no_replica(demo):
+    service = load_service(ServeConfig())
+    try:
+        with TestClient(create_app(service, page=False)) as client:
+            answer = client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "steering-demo",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 2,
+                },
+            )
+        assert answer.status_code == 200 and "x-steering-replica" not in answer.headers
+    finally:
+        service.close()
+
+
+def test_replica_options_follow_the_limits_and_autoscaling():
+    config = ServeConfig(limits=Limits(max_batch=8, max_waiting=20))
+    fixed = replica_deployment_options(config, RayOptions(replicas=3, gpus_per_replica=1))
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1}
+    assert (fixed["max_ongoing_requests"], fixed["max_queued_requests"]) == (28, 20)
+    scaled = replica_deployment_options(
+        config, RayOptions(replicas=2, max_replicas=6, target_ongoing_requests=3)
+    )
+    assert scaled["autoscaling_config"] == {
+        "min_replicas": 2,
+        "initial_replicas": 2,
+        "max_replicas": 6,
+        "target_ongoing_requests": 3,
+    }
+    assert "num_replicas" not in scaled
+    assert _cores_per_replica(RayOptions(cpus_per_replica=2)) == 2
+    assert _cores_per_replica(RayOptions(cpus_per_replica=0.5)) == 0
+    assert _cores_per_replica(RayOptions(gpus_per_replica=1)) == 0
+    assert _cores_per_replica(RayOptions(address="auto")) == 0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (RayOptions(replicas=0), "--replicas 0: use 1..1024"),
+        (RayOptions(replicas=4, max_replicas=2), "--max-replicas 2: use 4..1024"),
+        (RayOptions(target_ongoing_requests=0), "--target-ongoing-requests 0: use a number > 0"),
+        (RayOptions(cpus_per_replica=-1), "must be >= 0"),
+    ],
+)
+def test_bad_ray_options_are_named(options, message):
+    with pytest.raises(SteeringError, match=message):
+        options.check()
+
+
+def test_bad_options_fail_before_ray_starts(capsys):
+    assert main(["serve", "--replicas", "3", "--max-replicas", "2"]) == 1
+    assert "--max-replicas 2: use 3..1024" in capsys.readouterr().err
+    with pytest.raises(SteeringError, match=r"unknown argument\(s\) \['gpus'\]"):
+        app_builder({"replicas": "2", "gpus": "1"})
+    with pytest.raises(SteeringError, match="is not a number"):
+        app_builder({"replicas": "two"})

@@ -76,7 +76,7 @@ test-ray: install-ray
 	STEERING_TEST_RAY=1 $(BIN)/python -m pytest -q tests/ray_serve
 
 # The load test: 1, 8, 32 and 64 concurrent clients against the own engine and the vLLM
-# backend, in one process and as 2 replicas on Ray Serve; prints the table (about 25 min).
+# backend, in one process and as 1 or 2 replicas on Ray Serve; prints the table (about 13 min).
 load: install-ray install-ray-vllm
 	$(VLLM_BIN)/python -m steering.bench.load --out load-results.json $(ARGS)
 

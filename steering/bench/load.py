@@ -354,15 +354,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m steering.bench.load", description=__doc__)
     parser.add_argument(
         "--targets",
-        default="own,own-ray1,own-ray2,vllm,vllm-ray2",
+        default=",".join(TARGETS),
         help=f"comma-separated, of {', '.join(TARGETS)}",
     )
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per level (20)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per level (15)")
     parser.add_argument("--max-waiting", type=int, default=128, help="server queue (128)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
     parser.add_argument("--logs", type=Path, default=Path("load-logs"), help="servers' logs")
     args = parser.parse_args(argv)
+    # SIGTERM as Ctrl-C: each server is stopped by its ``finally`` (they run in sessions of
+    # their own, so a signal to this process alone would leave them running)
+    signal.signal(signal.SIGTERM, _interrupt)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
@@ -396,6 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -253,6 +254,10 @@ def _demo_model(weights: bool = True) -> tuple[Any, dict[str, Any]]:
     return model, {DEMO_SAE_REF: sae}  # a public name: shared presets never show server paths
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def serve(config: ServeConfig) -> None:
     """Load everything, print the URL, and serve until interrupted."""
     import uvicorn
@@ -264,6 +269,10 @@ def serve(config: ServeConfig) -> None:
     print(f"steering: {service.model_id} with {len(service.presets)} presets", flush=True)
     print(f"  page: http://{host}:{config.port}/", flush=True)
     print(f"  API:  http://{host}:{config.port}/v1  (OpenAI-compatible)", flush=True)
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again with the handler it
+    # found: Python's default would end the process here, before ``service.close()`` stops
+    # the backend (vLLM's engine-core process would outlive the server)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         uvicorn.run(
             app,

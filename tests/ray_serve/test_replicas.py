@@ -267,6 +267,22 @@ def test_the_page_loads_through_the_entry(ray_server):
     assert any(c.get("props", {}).get("elem_id") for c in config.json()["components"])
 
 
+def test_a_chat_on_the_page_through_the_entry_gets_both_replies(ray_server):
+    """Gradio's queue (join, then the event stream) runs in the one entry, so a page session
+    never straddles replicas."""
+    from gradio_client import Client
+
+    from steering.chat import flatten_content
+
+    client = Client(f"{ray_server.url}/", verbose=False)
+    _, steered, baseline, _ = client.predict(
+        "Tell me about your day.", 0, 1.0, 8, 0, api_name="/respond"
+    )
+    steered_text = flatten_content(steered[-1]["content"])
+    baseline_text = flatten_content(baseline[-1]["content"])
+    assert steered_text and baseline_text and steered_text != baseline_text  # the default preset
+
+
 def test_every_listener_is_on_loopback(ray_server):
     ray_server.remember_descendants()
     pids = [ray_server.process.pid, *ray_server.descendants]
@@ -284,7 +300,7 @@ def test_ctrl_c_leaves_no_ray_process(ray_server):
     ray_server.remember_descendants()
     assert len(ray_server.descendants) >= 4  # gcs, raylet, controller, proxy, replicas
     assert ray_server.stop() == 0, ray_server.tail()
-    assert "shutting down Ray Serve" in ray_server.tail()
+    assert "steering: shutting down Ray Serve" in ray_server.log.read_text()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(
         p.is_running() for p in ray_server.descendants.values()

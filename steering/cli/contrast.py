@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from ..errors import SteeringError
-from .serve import add_model_arguments
+from .serve import add_model_arguments, load_model_from_args
 
 UNBOUNDED = 10**9  # the user's own machine: no request bounds beyond the model's context
 
@@ -79,7 +79,6 @@ def cmd_contrast(args: argparse.Namespace) -> int:
     from ..features.contrast import contrast, contrast_json, distinct
     from ..formats import load_sae
     from ..limits import Limits
-    from ..models import load_model
 
     if not args.model:  # the shipped demo world
         from ..demo import MODEL_DIR, SAE_DIR
@@ -93,13 +92,7 @@ def cmd_contrast(args: argparse.Namespace) -> int:
     against, against_places = read_prompts(
         args.against, "--against", args.against_prompt, "--against-prompt"
     )
-    model = load_model(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        layers=args.layers,
-        device_map=args.device_map,
-    )
+    model = load_model_from_args(args)
     sae = load_sae(args.sae, device=model.device, layer=args.layer)
     limits = Limits(
         max_contrast_prompts=UNBOUNDED,

@@ -28,6 +28,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def load_model_from_args(args: argparse.Namespace, name: str | None = None) -> Any:
+    """The model ``add_model_arguments``' flags name (``name`` instead of ``--model``)."""
+    from ..models import load_model
+
+    return load_model(
+        name or args.model,
+        device=args.device,
+        dtype=args.dtype,
+        layers=args.layers,
+        device_map=args.device_map,
+    )
+
+
 def add_serve_command(subparsers: Any) -> None:
     """Add ``serve`` to the ``steering`` command line."""
     serve_cmd = subparsers.add_parser(

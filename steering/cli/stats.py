@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .serve import add_model_arguments
+from .serve import add_model_arguments, load_model_from_args
 
 DEFAULT_CONTEXT = 1024  # tokens per sequence when neither the SAE nor the flag says
 DEMO_SAE = "demo-sae"
@@ -75,7 +75,6 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     from ..formats import load_sae
     from ..formats.feature_files import feature_files_folder, user_folder
     from ..hub import resolve_sae_path
-    from ..models import load_model
 
     if not args.model:  # the shipped demo world
         from ..demo import MODEL_DIR
@@ -97,13 +96,7 @@ def cmd_sae_stats(args: argparse.Namespace) -> int:
     out = args.out or _default_out(args.sae, path, feature_files_folder, user_folder)
     check_output(out, resume=args.resume, overwrite=args.overwrite)  # before the model loads
     with _no_loading_bars(args.quiet):
-        model = load_model(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            layers=args.layers,
-            device_map=args.device_map,
-        )
+        model = load_model_from_args(args)
     recorded = recorded_context_size(path)
     context = args.context_size or recorded or DEFAULT_CONTEXT
     if model.context_length is not None and context > model.context_length:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SteeringError
 from ..plan import POSITIONS, UNITS
 from .presets import PATHS_HELP
-from .serve import add_model_arguments
+from .serve import add_model_arguments, load_model_from_args
 
 if TYPE_CHECKING:
     from ..features.sweep import Concept, SweepResult
@@ -325,16 +325,13 @@ def _load(args: argparse.Namespace, demo: bool) -> tuple[SteerableModel, list]:
     """The model and the ``--sae`` SAEs (the demo world's when no ``--model`` is given, as
     ``steering generate``; then ``args.sae`` names the demo SAE)."""
     from ..formats import load_sae
-    from ..models import load_model
 
     name = args.model
     if demo:
         from ..demo import MODEL_DIR, SAE_DIR
 
         name, args.sae = str(MODEL_DIR), args.sae or [str(SAE_DIR)]
-    model = load_model(
-        name, device=args.device, dtype=args.dtype, layers=args.layers, device_map=args.device_map
-    )
+    model = load_model_from_args(args, name)
     saes = [load_sae(s, device=model.device) for s in args.sae] if args.feature else []
     return model, saes
 

@@ -220,6 +220,24 @@ def start_ray(options: RayOptions) -> None:
     ray.init(**kwargs)
 
 
+def check_resources(options: RayOptions) -> None:
+    """Raise ``SteeringError`` when this machine's Ray cluster cannot hold ``options.replicas``
+    replicas (Ray would wait for the resources without end)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for flag, per, kind in (
+        ("--cpus-per-replica", options.cpus_per_replica, "CPU"),
+        ("--gpus-per-replica", options.gpus_per_replica, "GPU"),
+    ):
+        need = per * options.replicas
+        if need > have.get(kind, 0.0) + 1e-9:
+            raise SteeringError(
+                f"{options.replicas} replicas x {flag} {per:g} need {need:g} {kind}s, but this "
+                f"machine has {have.get(kind, 0.0):g}: lower {flag} or --replicas"
+            )
+
+
 def run_app(config: ServeConfig, options: RayOptions) -> None:
     """Deploy the application on the running cluster and wait until it answers."""
     from ray import serve
@@ -249,6 +267,8 @@ def serve_on_ray(config: ServeConfig, options: RayOptions) -> None:
         signal.signal(sig, lambda *_: stop.set())
     started_here = Descendants() if options.local else None
     try:
+        if options.local:
+            check_resources(options)
         run_app(config, options)
         if started_here:
             started_here.remember()

@@ -34,6 +34,18 @@ def _auth(i: int) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[i]}"}
 
 
+def test_replicas_that_cannot_fit_are_refused_by_name():
+    """2 replicas of 1 GPU each on a machine without GPUs: an error naming the flag, not a
+    server waiting for ever."""
+    command = [sys.executable, "-m", "steering", "serve", "--replicas", "2"]
+    command += ["--gpus-per-replica", "1", "--port", str(_free_port())]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "error: 2 replicas x --gpus-per-replica 1 need 2 GPUs, but this machine has 0" in (
+        done.stderr
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -162,15 +162,27 @@ def test_replica_options_follow_the_limits_and_autoscaling():
 @pytest.mark.parametrize(
     "options, message",
     [
-        (RayOptions(replicas=0), "--replicas 0: use 1..1024"),
+        (RayOptions(replicas=0), r"--replicas 0: use 1..1024 \(leave it out for one process\)"),
         (RayOptions(replicas=4, max_replicas=2), "--max-replicas 2: use 4..1024"),
         (RayOptions(target_ongoing_requests=0), "--target-ongoing-requests 0: use a number > 0"),
-        (RayOptions(cpus_per_replica=-1), "must be >= 0"),
+        (RayOptions(cpus_per_replica=-1), "--cpus-per-replica -1: use a number from 0 to 1024"),
+        (RayOptions(gpus_per_replica=float("nan")), "--gpus-per-replica nan: use a number"),
+        (RayOptions(cpus_per_replica=float("inf")), "--cpus-per-replica inf: use a number"),
+        (RayOptions(cpus_per_replica=0.00001), "with at most 4 decimals"),
+        (RayOptions(target_ongoing_requests=float("inf")), "--target-ongoing-requests inf"),
     ],
 )
 def test_bad_ray_options_are_named(options, message):
     with pytest.raises(SteeringError, match=message):
         options.check()
+
+
+def test_replica_flags_without_replicas_are_named(capsys):
+    assert main(["serve", "--max-replicas", "3", "--gpus-per-replica", "1"]) == 1
+    assert (
+        "--max-replicas, --gpus-per-replica apply to replicas on Ray Serve: add --replicas N"
+        in (capsys.readouterr().err)
+    )
 
 
 def test_bad_options_fail_before_ray_starts(capsys):

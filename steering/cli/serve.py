@@ -12,6 +12,7 @@ import os
 from dataclasses import fields
 from typing import Any
 
+from ..errors import SteeringError
 from ..limits import Limits
 
 
@@ -125,8 +126,20 @@ def add_serve_command(subparsers: Any) -> None:
         metavar="R",
         help="autoscaling target: requests in flight per replica (4)",
     )
-    ray.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C", help="(1)")
-    ray.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G", help="(0)")
+    ray.add_argument(
+        "--cpus-per-replica",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="CPU cores each replica reserves; on one machine it is pinned to cores of its own (1)",
+    )
+    ray.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs each replica reserves: K for --vllm-tensor-parallel K (0)",
+    )
     ray.add_argument(
         "--ray-address",
         metavar="ADDR",
@@ -172,6 +185,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
         ),
     )
+    ray_flags = {
+        "--max-replicas": args.max_replicas is not None,
+        "--target-ongoing-requests": args.target_ongoing_requests != 4.0,
+        "--cpus-per-replica": args.cpus_per_replica != 1.0,
+        "--gpus-per-replica": args.gpus_per_replica != 0.0,
+        "--ray-address": args.ray_address is not None,
+    }
+    if not args.replicas and any(ray_flags.values()):
+        given = ", ".join(flag for flag, used in ray_flags.items() if used)
+        raise SteeringError(f"{given} apply to replicas on Ray Serve: add --replicas N")
     if args.replicas:
         from ..ray_serve import RayOptions, serve_on_ray
 

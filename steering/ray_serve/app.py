@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
@@ -66,18 +67,27 @@ class RayOptions:
     def check(self) -> RayOptions:
         """Return self, or raise ``SteeringError`` naming the bad option and what is valid."""
         if not 1 <= self.replicas <= 1024:
-            raise SteeringError(f"--replicas {self.replicas}: use 1..1024")
+            raise SteeringError(
+                f"--replicas {self.replicas}: use 1..1024 (leave it out for one process)"
+            )
         if self.max_replicas is not None and not self.replicas <= self.max_replicas <= 1024:
             raise SteeringError(
                 f"--max-replicas {self.max_replicas}: use {self.replicas}..1024 (at least "
                 "--replicas)"
             )
-        if not self.target_ongoing_requests > 0:
+        if not (math.isfinite(self.target_ongoing_requests) and self.target_ongoing_requests > 0):
             raise SteeringError(
                 f"--target-ongoing-requests {self.target_ongoing_requests}: use a number > 0"
             )
-        if self.cpus_per_replica < 0 or self.gpus_per_replica < 0:
-            raise SteeringError("--cpus-per-replica and --gpus-per-replica must be >= 0")
+        for flag, value in (
+            ("--cpus-per-replica", self.cpus_per_replica),
+            ("--gpus-per-replica", self.gpus_per_replica),
+        ):
+            # Ray counts resources in steps of 0.0001
+            if not (math.isfinite(value) and 0 <= value <= 1024) or round(value, 4) != value:
+                raise SteeringError(
+                    f"{flag} {value}: use a number from 0 to 1024 with at most 4 decimals"
+                )
         return self
 
     @property
@@ -175,13 +185,15 @@ def _entry_class() -> type:
             if loopback:
                 keep_replica_on_loopback()
 
+            app_name = serve.get_replica_context().app_name  # "default" under `serve run`
+
             def backend(service: Any) -> RayBackend:
                 return RayBackend(
                     replicas,
                     service.model,
                     service.resolver.loaded,
                     wait_s=config.limits.max_stall_seconds,
-                    app_name=APP_NAME,
+                    app_name=app_name,
                 )
 
             self.service = load_service(config, backend=backend)
@@ -211,6 +223,7 @@ def start_ray(options: RayOptions) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     if options.local:
         kwargs.update(
+            address="local",  # a cluster of its own, whatever $RAY_ADDRESS or `ray start` says
             num_cpus=options.num_cpus,
             num_gpus=options.num_gpus,
             object_store_memory=256 * 2**20,  # requests and events are small
@@ -238,21 +251,42 @@ def check_resources(options: RayOptions) -> None:
             )
 
 
-def run_app(config: ServeConfig, options: RayOptions) -> None:
-    """Deploy the application on the running cluster and wait until it answers."""
+QUIET = {"log_level": "WARNING"}  # Serve's own per-request and route logs
+
+
+def run_app(config: ServeConfig, options: RayOptions, stop: threading.Event | None = None) -> bool:
+    """Deploy the application on the running cluster and wait until it answers: True, or
+    False when ``stop`` was set first. Raises ``SteeringError`` when a deployment fails (a
+    replica that cannot load its model, say), with Ray's message."""
     from ray import serve
 
-    serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config, options), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=QUIET)
+    target = serve.RunTarget(build_app(config, options), APP_NAME, "/", logging_config=QUIET)
+    serve.run_many(
+        [target], wait_for_ingress_deployment_creation=False, wait_for_applications_running=False
+    )
+    while not (stop and stop.is_set()):
+        app = serve.status().applications.get(APP_NAME)
+        status = str(getattr(app, "status", ""))
+        if status.endswith("RUNNING"):
+            return True
+        if status.endswith("DEPLOY_FAILED") or status.endswith("UNHEALTHY"):
+            raise SteeringError(f"the replicas did not start: {app.message}")  # type: ignore[union-attr]
+        time.sleep(1)
+    return False
 
 
-def shutdown() -> None:
-    """Stop the application, Serve and (when this process started it) the local cluster."""
+def shutdown(options: RayOptions) -> None:
+    """Stop the application; on a cluster this process started, Serve and the cluster too
+    (on a shared one, only this application: others keep running)."""
     import ray
     from ray import serve
 
     try:
-        serve.shutdown()
+        if options.local:
+            serve.shutdown()
+        else:
+            serve.delete(APP_NAME)
     finally:
         ray.shutdown()
 
@@ -262,20 +296,27 @@ def serve_on_ray(config: ServeConfig, options: RayOptions) -> None:
     options.check()
     stop = threading.Event()
     started = time.monotonic()
+
+    def on_signal(*_: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a flag: nothing for Ray's code to swallow
+        signal.signal(sig, on_signal)
     start_ray(options)
-    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which sets its own
-        signal.signal(sig, lambda *_: stop.set())
+    for sig in (signal.SIGINT, signal.SIGTERM):  # again: ray.init sets its own
+        signal.signal(sig, on_signal)
     started_here = Descendants() if options.local else None
     try:
         if options.local:
             check_resources(options)
-        run_app(config, options)
+        if stop.is_set() or not run_app(config, options, stop):
+            return
         if started_here:
             started_here.remember()
         host = "localhost" if config.host in ("127.0.0.1", "0.0.0.0") else config.host
+        replicas = f"{options.replicas} model replica{'s' if options.replicas > 1 else ''}"
         print(
-            f"steering: {options.replicas} model replicas on Ray Serve, ready in "
-            f"{time.monotonic() - started:.0f} s",
+            f"steering: {replicas} on Ray Serve, ready in {time.monotonic() - started:.0f} s",
             flush=True,
         )
         print(f"  page: http://{host}:{config.port}/", flush=True)
@@ -286,7 +327,7 @@ def serve_on_ray(config: ServeConfig, options: RayOptions) -> None:
     finally:
         print("steering: shutting down Ray Serve", flush=True)
         try:
-            shutdown()
+            shutdown(options)
         finally:
             if started_here:
                 started_here.end()

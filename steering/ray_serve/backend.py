@@ -14,6 +14,7 @@ a replica too: the entry's model has no weights.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -65,6 +66,7 @@ class RayBackend:
         self._thread = threading.Thread(target=self._loop.run_forever, name="ray-events")
         self._thread.daemon = True
         self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._refresh_status(), self._loop)
 
     # ---- Backend ----
 
@@ -135,7 +137,8 @@ class RayBackend:
         try:
             replica = await events.__anext__()
         except BaseException as e:
-            events.cancel()
+            with contextlib.suppress(BaseException):  # it may raise the same error again
+                events.cancel()
             raise _unwrap(e) from None
         request = handle.request
         self._rows += len(request.rows)

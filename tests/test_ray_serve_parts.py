@@ -14,14 +14,15 @@ from random_saes import random_sae
 
 from steering.cli import main
 from steering.demo import load_demo
-from steering.errors import SteeringError
+from steering.errors import Busy, SteeringError
 from steering.features.contrast import PromptTokens, prompt_means
 from steering.limits import Limits
 from steering.plan import FeatureEdit, SteeringPlan
 from steering.ray_serve import RayOptions, app_builder
 from steering.ray_serve.app import _cores_per_replica, replica_deployment_options
+from steering.ray_serve.backend import RayBackend
 from steering.ray_serve.wire import WireError, dumps, loads
-from steering.requests import build_request
+from steering.requests import Event, build_request
 from steering.sampling import SamplingParams
 from steering.serve.app import ServeConfig, create_app, load_service
 
@@ -192,3 +193,86 @@ def test_bad_options_fail_before_ray_starts(capsys):
         app_builder({"replicas": "2", "gpus": "1"})
     with pytest.raises(SteeringError, match="is not a number"):
         app_builder({"replicas": "two"})
+
+
+# ---- the entry's backend, against a stand-in for Ray Serve's streaming handle ----
+
+
+class BackPressureError(Exception):
+    """Named as Ray Serve's: its queue in front of the replicas is full."""
+
+
+class _Stream:
+    """A ``DeploymentResponseGenerator``: ``__anext__`` and ``cancel``."""
+
+    def __init__(self, items, fail_cancel=False):
+        self.items, self.fail_cancel, self.cancelled = list(items), fail_cancel, False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.items:
+            raise StopAsyncIteration
+        item = self.items.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self):
+        self.cancelled = True
+        if self.fail_cancel:
+            raise BackPressureError("again")
+
+
+class _Handle:
+    def __init__(self, make):
+        self.make = make
+        self.generate = self
+
+    def options(self, **_):
+        return self
+
+    def remote(self, payload):
+        self.payload = payload
+        return self.make()
+
+
+def _request(demo):
+    model, _ = demo
+    return build_request(model, "hello", None, SamplingParams(temperature=0, max_new_tokens=2))
+
+
+def test_a_full_deployment_is_busy_not_an_error(demo):
+    model, sae = demo
+    handle = _Handle(lambda: _Stream([BackPressureError("dropped")], fail_cancel=True))
+    backend = RayBackend(handle, model, {"demo-sae": sae}, wait_s=5)
+    try:
+        with pytest.raises(Busy, match="every model replica is full"):
+            backend.submit(_request(demo))
+    finally:
+        backend.close()
+
+
+def test_replica_events_reach_the_reader_and_a_failure_ends_the_rows(demo):
+    model, sae = demo
+    request = _request(demo)
+    events = [
+        Event(request.id, 0, "hi", 5, None, 3, 1),
+        Event(request.id, 0, "!", 6, "length", 3, 2),
+    ]
+    backend = RayBackend(
+        _Handle(lambda: _Stream(["replica-a", events[:1], events[1:]])), model, {}, wait_s=5
+    )
+    try:
+        stream = backend.submit(request)
+        assert stream.served_by == "replica-a" and list(stream) == events
+        failing = _Stream(["replica-b", events[:1], RuntimeError("replica died")])
+        backend._stream = _Handle(lambda: failing)
+        stream = backend.submit(request)
+        got = list(stream)
+        assert got[0] == events[0] and got[1].finish_reason == "error"
+        assert str(got[1].error) == "replica died"
+        assert backend.health()["requests_in_flight"] == 0
+    finally:
+        backend.close()

@@ -41,7 +41,8 @@ class RayBackend:
     """Requests and jobs on the replicas behind ``handle`` (a Ray Serve ``DeploymentHandle``
     of ``ModelReplica``). ``model`` and ``loaded`` (``SAEResolver.loaded``) are the entry's
     copies that references in requests and jobs stand for. ``wait_s`` bounds how long
-    ``submit`` and ``run`` wait for a replica to take the work (then ``Busy``)."""
+    ``submit`` and ``run`` wait for a replica to take the work (then ``Busy``). ``app_name``
+    is the Serve application whose replicas ``health`` counts (None: not counted)."""
 
     def __init__(
         self,
@@ -50,7 +51,7 @@ class RayBackend:
         loaded: Mapping[str, SAE],
         *,
         wait_s: float = 30.0,
-        app_name: str = "steering",
+        app_name: str | None = None,
         deployment: str = "ModelReplica",
     ) -> None:
         self._stream = handle.options(stream=True)
@@ -66,7 +67,8 @@ class RayBackend:
         self._thread = threading.Thread(target=self._loop.run_forever, name="ray-events")
         self._thread.daemon = True
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._refresh_status(), self._loop)
+        if app_name is not None:
+            asyncio.run_coroutine_threadsafe(self._refresh_status(), self._loop)
 
     # ---- Backend ----
 
@@ -103,7 +105,8 @@ class RayBackend:
     def health(self) -> dict[str, Any]:
         """The entry's view: replicas by state (from Ray Serve, refreshed every few seconds),
         requests and rows in flight here; ``engine_alive`` while a replica is running."""
-        if time.monotonic() - self._status_at > STATUS_EVERY_S and not self._closed:
+        stale = time.monotonic() - self._status_at > STATUS_EVERY_S
+        if stale and self._app is not None and not self._closed:
             self._status_at = time.monotonic()
             asyncio.run_coroutine_threadsafe(self._refresh_status(), self._loop)
         running = self._replicas.get("RUNNING", 0)
@@ -169,9 +172,9 @@ class RayBackend:
             raise _unwrap(e) from None
 
     async def _refresh_status(self) -> None:
-        from ray import serve
-
         try:
+            from ray import serve
+
             status = await asyncio.to_thread(serve.status)
             deployment = status.applications[self._app].deployments[self._deployment]
             self._replicas = {str(k): int(v) for k, v in deployment.replica_states.items()}

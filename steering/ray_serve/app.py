@@ -21,7 +21,6 @@ Release line: Ray 2.60 (``ray[serve]==2.60.*``, the ``ray`` extra).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
@@ -33,6 +32,7 @@ from typing import Any
 from ..errors import SteeringError
 from ..serve.app import ServeConfig
 from .loopback import set_ray_loopback_env
+from .processes import Descendants
 
 log = logging.getLogger("steering.ray_serve")
 
@@ -331,54 +331,6 @@ def serve_on_ray(config: ServeConfig, options: RayOptions) -> None:
         finally:
             if started_here:
                 started_here.end()
-
-
-class Descendants:
-    """The processes this one started (Ray's GCS, raylet, workers and what they start), so
-    that none outlives the server. Ctrl-C in a terminal signals the whole process group: a
-    raylet that dies first orphans its workers, which Ray's own shutdown then cannot reach;
-    ``end`` stops every one remembered that is still running."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._me = psutil.Process()
-        self._seen: dict[int, Any] = {}
-        self.remember()
-
-    def remember(self) -> None:
-        import psutil
-
-        try:
-            for child in self._me.children(recursive=True):
-                self._seen.setdefault(child.pid, child)
-        except psutil.Error:
-            pass
-
-    def end(self, wait_s: float = 10.0) -> list[int]:
-        """Terminate (then kill) every remembered process still running; their pids."""
-        import psutil
-
-        alive = [p for p in self._seen.values() if _running(p)]
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
-        _, left = psutil.wait_procs(alive, timeout=wait_s)
-        for p in left:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        if alive:
-            log.warning("stopped %d processes Ray left running", len(alive))
-        return [p.pid for p in alive]
-
-
-def _running(process: Any) -> bool:
-    import psutil
-
-    try:
-        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 def app_builder(args: dict[str, str]) -> Any:

@@ -122,21 +122,18 @@ def add_serve_command(subparsers: Any) -> None:
     ray.add_argument(
         "--target-ongoing-requests",
         type=float,
-        default=4.0,
         metavar="R",
         help="autoscaling target: requests in flight per replica (4)",
     )
     ray.add_argument(
         "--cpus-per-replica",
         type=float,
-        default=1.0,
         metavar="C",
         help="CPU cores each replica reserves; on one machine it is pinned to cores of its own (1)",
     )
     ray.add_argument(
         "--gpus-per-replica",
         type=float,
-        default=0.0,
         metavar="G",
         help="GPUs each replica reserves: K for --vllm-tensor-parallel K (0)",
     )
@@ -185,28 +182,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
             gpu_memory_utilization=args.vllm_gpu_memory_utilization,
         ),
     )
+    # the replica flags given (None: not given; RayOptions holds their defaults)
     ray_flags = {
-        "--max-replicas": args.max_replicas is not None,
-        "--target-ongoing-requests": args.target_ongoing_requests != 4.0,
-        "--cpus-per-replica": args.cpus_per_replica != 1.0,
-        "--gpus-per-replica": args.gpus_per_replica != 0.0,
-        "--ray-address": args.ray_address is not None,
+        "max_replicas": args.max_replicas,
+        "target_ongoing_requests": args.target_ongoing_requests,
+        "cpus_per_replica": args.cpus_per_replica,
+        "gpus_per_replica": args.gpus_per_replica,
+        "address": args.ray_address,
     }
-    if not args.replicas and any(ray_flags.values()):
-        given = ", ".join(flag for flag, used in ray_flags.items() if used)
-        raise SteeringError(f"{given} apply to replicas on Ray Serve: add --replicas N")
+    given = {name: value for name, value in ray_flags.items() if value is not None}
+    if not args.replicas and given:
+        flags = ", ".join(
+            "--" + ("ray-address" if n == "address" else n.replace("_", "-")) for n in given
+        )
+        raise SteeringError(f"{flags} apply to replicas on Ray Serve: add --replicas N")
     if args.replicas:
         from ..ray_serve import RayOptions, serve_on_ray
 
-        options = RayOptions(
-            replicas=args.replicas,
-            max_replicas=args.max_replicas,
-            target_ongoing_requests=args.target_ongoing_requests,
-            cpus_per_replica=args.cpus_per_replica,
-            gpus_per_replica=args.gpus_per_replica,
-            address=args.ray_address,
-        )
-        serve_on_ray(config, options)
+        serve_on_ray(config, RayOptions(replicas=args.replicas, **given))
     else:
         serve(config)
     return 0
